@@ -1,0 +1,82 @@
+"""GLM-4.5-Air style mixture of experts: sigmoid router with selection-only bias, group-limited top-k,
+stacked expert weights and tokens grouped per expert.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glmv.config import TextConfig
+from glmv.model.layers import SwiGLU, activation
+
+
+class Router(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
+        # fp32 always (the reference keeps it strictly fp32); it only shifts which experts are chosen.
+        self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, H] -> (weights [T, k] fp32, expert ids [T, k])."""
+        cfg = self.cfg
+        scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [T, E]
+        choice = scores + self.e_score_correction_bias.float()
+        if cfg.n_group > 1:  # DeepSeek-V3 rule: keep the topk_group groups with the best top-2 sums
+            t = choice.shape[0]
+            groups = choice.view(t, cfg.n_group, -1)
+            best = groups.topk(2, dim=-1).values.sum(-1).topk(cfg.topk_group, dim=-1, sorted=False).indices
+            keep = torch.zeros(t, cfg.n_group, dtype=torch.bool, device=x.device).scatter_(1, best, True)
+            choice = choice.masked_fill(~keep[..., None].expand_as(groups).reshape(t, -1), float("-inf"))
+        ids = choice.topk(cfg.num_experts_per_tok, dim=-1, sorted=False).indices
+        weights = scores.gather(1, ids)
+        if cfg.norm_topk_prob:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+        return weights * cfg.routed_scaling_factor, ids
+
+
+class Experts(nn.Module):
+    """All routed experts as two stacked tensors: gate_up_proj [E, 2I, H] (gate rows first), down_proj [E, H, I]."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        e, i, h = cfg.n_routed_experts, cfg.moe_intermediate_size, cfg.hidden_size
+        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+        self.act = activation(cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x [T, H], weights/ids [T, k] -> [T, H]."""
+        k = ids.shape[1]
+        flat = ids.flatten()  # [T*k] (token-major)
+        order = flat.argsort(stable=True)
+        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
+        tokens = order // k  # token of each sorted (token, slot) pair
+        xs = x[tokens]  # [T*k, H], grouped by expert
+        out = torch.empty_like(xs)
+        start = 0
+        for e, n in enumerate(counts):  # one contiguous slice per expert that received tokens
+            if n == 0:
+                continue
+            gate, up = F.linear(xs[start : start + n], self.gate_up_proj[e]).chunk(2, dim=-1)
+            out[start : start + n] = F.linear(self.act(gate) * up, self.down_proj[e])
+            start += n
+        out = out * weights.flatten()[order, None].to(out.dtype)
+        return torch.zeros_like(x).index_add_(0, tokens, out)
+
+
+class MoE(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.gate = Router(cfg)
+        self.experts = Experts(cfg)
+        self.shared_experts = SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts, cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        weights, ids = self.gate(flat)
+        return self.experts(flat, weights, ids).view(shape) + self.shared_experts(x)

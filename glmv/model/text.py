@@ -1,0 +1,116 @@
+"""The decoder: GQA attention with partial 3D rotary, dense or MoE feed-forward, two layer styles.
+
+  MoE (GLM-4.5V):   h += Attn(norm_in(h));            h += FFN(norm_post_attn(h))
+  dense (GLM-4.1V): h += norm_post_self_attn(Attn(norm_in(h)));  h += norm_post_mlp(MLP(norm_post_attn(h)))
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glmv.config import TextConfig
+from glmv.model.cache import KVCache
+from glmv.model.layers import FusedSwiGLU, RMSNorm, SwiGLU
+from glmv.model.moe import MoE
+from glmv.model.rope import apply_partial_rotary, mrope_cos_sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer: int):
+        super().__init__()
+        self.layer = layer
+        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.interleaved = not cfg.moe
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        b, n, _ = x.shape
+        q = self.q_proj(x).view(b, n, self.heads, self.head_dim).transpose(1, 2)  # [B, H, L, D]
+        k = self.k_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, L, D]
+        v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = apply_partial_rotary(q, cos, sin, self.interleaved)
+        k = apply_partial_rotary(k, cos, sin, self.interleaved)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        causal = mask is None and n > 1 and k.shape[2] == n
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.heads != self.kv_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, layer: int):
+        super().__init__()
+        self.sandwich = not cfg.moe
+        self.self_attn = Attention(cfg, layer)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if self.sandwich:
+            self.post_self_attn_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.post_mlp_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.mlp = FusedSwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+        elif cfg.is_moe_layer(layer):
+            self.mlp = MoE(cfg)
+        else:
+            self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
+
+    def forward(self, h, cos, sin, mask, cache):
+        a = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache)
+        h = h + (self.post_self_attn_layernorm(a) if self.sandwich else a)
+        f = self.mlp(self.post_attention_layernorm(h))
+        return h + (self.post_mlp_layernorm(f) if self.sandwich else f)
+
+
+def attention_mask_for(
+    attention_mask: torch.Tensor | None, q_len: int, past: int, device
+) -> torch.Tensor | None:
+    """Boolean mask [B, 1, q_len, past + q_len] (True = attend), or None when plain causal attention is exact.
+
+    attention_mask [B, past + q_len] marks real tokens (1) and padding (0). A padding query may always see itself,
+    so no row is fully masked (a fully masked row would give NaN, and NaN values poison later layers).
+    """
+    total = past + q_len
+    if attention_mask is None or bool(attention_mask.all()):
+        if q_len == 1 or past == 0:
+            return None
+        attention_mask = torch.ones(1, total, dtype=torch.bool, device=device)
+    q_pos = torch.arange(past, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    causal = k_pos <= q_pos  # [q, k]
+    keys = attention_mask[:, None, None, :].bool()  # [B, 1, 1, k]
+    return (causal & keys) | (k_pos == q_pos)
+
+
+class TextModel(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """inputs_embeds [B, L, H], position_ids [3, B, L] -> final hidden states [B, L, H]."""
+        cfg = self.cfg
+        past = cache.length if cache is not None else 0
+        mask = attention_mask_for(attention_mask, inputs_embeds.shape[1], past, inputs_embeds.device)
+        cos, sin = mrope_cos_sin(
+            position_ids, cfg.rotary_dim, cfg.rope_theta, cfg.mrope_section, not cfg.moe, inputs_embeds.dtype
+        )
+        h = inputs_embeds
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, cache)
+        if cache is not None:
+            cache.advance(inputs_embeds.shape[1])
+        return self.norm(h)

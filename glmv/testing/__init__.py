@@ -1,0 +1,1 @@
+"""Builders of tiny, random but real-format artifacts (checkpoints, tokenizers) for tests and benchmarks."""

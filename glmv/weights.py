@@ -1,0 +1,211 @@
+"""Load and save GLM-V checkpoints in the Hugging Face layout (config.json + sharded safetensors + index).
+
+Checkpoint names map onto glmv's modules by prefix (`model.visual.` -> `visual.`, `model.language_model.` ->
+`language_model.`); per-expert tensors `...mlp.experts.{e}.{gate,up,down}_proj.weight` fill slices of the stacked
+expert tensors. The model is built on the meta device and materialised empty, then every tensor is read from
+disk straight into its final place, so loading never holds a second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from glmv.config import GlmvConfig
+from glmv.errors import CheckpointError
+from glmv.model.glm4v import GlmvForConditionalGeneration
+from glmv.model.moe import Router
+from glmv.safetensors_file import TensorEntry, read_header, read_into
+
+PREFIXES = [("model.visual.", "visual."), ("model.language_model.", "language_model."), ("lm_head.", "lm_head.")]
+LEGACY_PREFIXES = [("visual.", "visual."), ("model.", "language_model.")]  # transformers < 4.52 naming
+
+
+def engine_name(key: str) -> str | None:
+    for old, new in PREFIXES + LEGACY_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old) :]
+    return None
+
+
+def checkpoint_name(name: str) -> str:
+    for old, new in PREFIXES:
+        if name.startswith(new):
+            return old + name[len(new) :]
+    return name
+
+
+def checkpoint_tensors(model: GlmvForConditionalGeneration) -> dict[str, torch.Tensor]:
+    """The model's tensors under their checkpoint names, stacked experts split per expert (views, no copies)."""
+    out: dict[str, torch.Tensor] = {}
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    inter = model.config.text.moe_intermediate_size
+    for name, t in tensors.items():
+        if name.endswith(".experts.gate_up_proj") or name.endswith(".experts.down_proj"):
+            base = checkpoint_name(name.rsplit(".", 1)[0])
+            for e in range(t.shape[0]):
+                if name.endswith("gate_up_proj"):
+                    out[f"{base}.{e}.gate_proj.weight"] = t[e, :inter]
+                    out[f"{base}.{e}.up_proj.weight"] = t[e, inter:]
+                else:
+                    out[f"{base}.{e}.down_proj.weight"] = t[e]
+        else:
+            out[checkpoint_name(name)] = t
+    return out
+
+
+def _target(
+    model: GlmvForConditionalGeneration, tensors: dict[str, torch.Tensor], key: str
+) -> tuple[list[str], torch.Tensor] | None:
+    """(checkpoint names this entry provides, the model tensor it fills) for a checkpoint key, or None."""
+    name = engine_name(key)
+    if name is None:
+        return None
+    canonical = checkpoint_name(name)
+    if canonical in tensors:
+        return [canonical], tensors[canonical]
+    # Experts already stacked in the file ([E, 2I, H] / [E, H, I], as transformers holds them in memory).
+    if name.endswith((".experts.gate_up_proj", ".experts.down_proj")):
+        try:
+            stacked = model.get_parameter(name)
+        except AttributeError:
+            return None
+        base, kinds = canonical.rsplit(".", 1)[0], (("down",) if name.endswith("down_proj") else ("gate", "up"))
+        return [f"{base}.{e}.{k}_proj.weight" for e in range(stacked.shape[0]) for k in kinds], stacked
+    return None
+
+
+def _shards(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
+        files = [path / f for f in dict.fromkeys(weight_map.values())]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index} lists shards that are not there: {', '.join(missing)}")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors files (glmv reads the Hugging Face safetensors layout)")
+    return files
+
+
+def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device) -> GlmvForConditionalGeneration:
+    """The model with uninitialised storage on `device` (every tensor is overwritten by the loader)."""
+    with torch.device("meta"):
+        model = GlmvForConditionalGeneration(config).to(dtype)
+    model.to_empty(device=device)
+    for module in model.modules():
+        if isinstance(module, Router):  # the selection bias stays fp32 whatever the model dtype
+            module.e_score_correction_bias = torch.empty(module.weight.shape[0], dtype=torch.float32, device=device)
+    return model
+
+
+def _checkpoint_dtype(config: GlmvConfig) -> torch.dtype:
+    name = config.raw.get("dtype") or config.raw.get("torch_dtype") or "float32"
+    return getattr(torch, str(name).replace("torch.", ""), torch.float32)
+
+
+def load_model(
+    path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu", progress: bool = True
+) -> GlmvForConditionalGeneration:
+    """Load a GLM-V checkpoint directory into a glmv model in eval mode.
+
+    dtype: torch dtype or its name ("bfloat16"); None keeps the checkpoint's dtype (config.json "dtype").
+    Raises ConfigError for a bad config.json and CheckpointError for missing/corrupt/mismatched weights (all
+    missing, unexpected and mis-shaped tensors are listed together).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory; pass a checkpoint directory with config.json and *.safetensors")
+    config = GlmvConfig.from_pretrained(path)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise CheckpointError("dtype must be a torch dtype name such as 'float32' or 'bfloat16'")
+    dtype = dtype or _checkpoint_dtype(config)
+    device = torch.device(device)
+    shards = [(f, read_header(f)) for f in _shards(path)]  # validates every file before any work
+
+    model = _materialize(config, dtype, device)
+    tensors = checkpoint_tensors(model)
+    plan: list[tuple[Path, TensorEntry, torch.Tensor]] = []
+    found: set[str] = set()
+    unexpected, mismatched = [], []
+    for file, entries in shards:
+        for entry in entries:
+            layer = re.search(r"language_model\.layers\.(\d+)\.", entry.name)
+            if layer and int(layer.group(1)) >= config.text.num_hidden_layers:
+                continue  # multi-token-prediction layers are not part of the model (the reference skips them too)
+            target = _target(model, tensors, entry.name)
+            if target is None:
+                unexpected.append(entry.name)
+                continue
+            names, tensor = target
+            if tuple(tensor.shape) != entry.shape:
+                mismatched.append(f"{entry.name}: checkpoint {list(entry.shape)}, model {list(tensor.shape)}")
+                continue
+            plan.append((file, entry, tensor))
+            found.update(names)
+    missing = [k for k in tensors if k not in found]
+    if config.tie_word_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {path} does not match the model its config.json describes:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if items:
+                shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
+        raise CheckpointError("\n".join(lines))
+
+    total = sum(e.nbytes for _, e, _ in plan)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="Loading weights", disable=None if progress else True)
+    with torch.no_grad(), bar:
+        for file in dict.fromkeys(f for f, _, _ in plan):
+            with open(file, "rb") as f:
+                for _, entry, tensor in (p for p in plan if p[0] == file):
+                    read_into(f, entry, tensor)
+                    bar.update(entry.nbytes)
+    return model.eval()
+
+
+def save_model(
+    model: GlmvForConditionalGeneration, path: str | Path, max_shard_bytes: int = 5 * 1024**3, progress: bool = True
+) -> None:
+    """Write `model` as a Hugging Face checkpoint (config.json, model-0000i-of-0000n.safetensors, index) that
+    glmv and transformers both load. Experts are written per expert, as the released checkpoints store them."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = checkpoint_tensors(model)
+    if model.config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t.detach().contiguous().cpu()
+        size += nbytes
+    n = len(shards)
+    weight_map = {}
+    for i, shard in enumerate(tqdm(shards, desc="Saving shards", disable=None if progress else True)):
+        name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        save_file(shard, str(path / name), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    if n > 1:
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    config = dict(model.config.to_dict())
+    config["dtype"] = str(model.dtype).replace("torch.", "")
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
