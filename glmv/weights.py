@@ -152,6 +152,7 @@ def load_model(
             names, tensor = target
             if tuple(tensor.shape) != entry.shape:
                 mismatched.append(f"{entry.name}: checkpoint {list(entry.shape)}, model {list(tensor.shape)}")
+                found.update(names)  # reported as a mismatch, not also as missing
                 continue
             plan.append((file, entry, tensor))
             found.update(names)

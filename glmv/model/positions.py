@@ -83,3 +83,9 @@ def rope_index(
         if used[kind] != len(grids[kind]):
             raise InputError(f"{len(grids[kind])} {name} grids were given but the prompt has {used[kind]} {name} runs")
     return position_ids, deltas
+
+
+def continuation_positions(deltas: torch.Tensor, start: torch.Tensor, length: int) -> torch.Tensor:
+    """Positions [3, B, length] for tokens appended after `start` [B] real tokens (rope_deltas from the prompt)."""
+    pos = torch.arange(length, device=deltas.device)[None, :] + (start + deltas)[:, None]
+    return pos[None].expand(3, -1, -1)
