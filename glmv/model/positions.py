@@ -46,6 +46,10 @@ def rope_index(
     """
     b, n = types.shape
     device = types.device
+    if image_grid_thw is None and video_grid_thw is None and not bool(types.any()):  # text only: 1D positions
+        pos = attention_mask.long().cumsum(-1) - 1 if attention_mask is not None else torch.arange(n, device=device).expand(b, n)
+        pos = pos.clamp(min=0)
+        return pos[None].expand(3, -1, -1).contiguous(), torch.zeros(b, dtype=torch.long, device=device)
     grids = {IMAGE: [], VIDEO: []}
     if image_grid_thw is not None:
         grids[IMAGE] = [tuple(g) for g in image_grid_thw.tolist()]

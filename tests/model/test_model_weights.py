@@ -133,12 +133,13 @@ def test_index_naming_a_missing_shard(make_pair, tmp_path):
 
 
 PEAK_RSS_SCRIPT = r"""
-import resource, sys, torch, glmv
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+import sys, glmv, glmv.weights
+from glmv.testing.memory import peak, reset_peak, warm_up_model_code
+warm_up_model_code(sys.argv[1])
+base = reset_peak()
 model = glmv.load_model(sys.argv[1], progress=False)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-print(size, peak - base)
+print(size, peak() - base)
 """
 
 

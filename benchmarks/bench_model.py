@@ -1,0 +1,85 @@
+"""glmv vs transformers forward time on the same small MoE checkpoint, and peak memory of glmv's loader.
+
+    python benchmarks/bench_model.py [--threads 2] [--repeats 5]
+
+Prints seconds per forward for both and the ratio (transformers / glmv: >1 means glmv is faster), then the
+peak RSS growth while loading relative to the model's size in bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import glmv
+from glmv.testing.prompts import image_tokens, mm_token_types, random_pixels, random_text
+from glmv.testing.tiny_checkpoint import reference_config, reference_model
+
+TEXT = dict(vocab_size=8192, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+            num_key_value_heads=2, head_dim=32, moe_intermediate_size=128, n_routed_experts=32, num_experts_per_tok=4,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                             "mrope_section": [2, 3, 3]})
+VISION = dict(depth=4, hidden_size=128, num_heads=4, intermediate_size=512, out_hidden_size=256)
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    ref = reference_model(reference_config("glm4v_moe", text=TEXT, vision=VISION))
+    path = tempfile.mkdtemp()
+    ref.save_pretrained(path)
+    ours = glmv.load_model(path, progress=False)
+
+    grid = torch.tensor([(1, 16, 16)])
+    ids = torch.tensor([random_text(100, 0) + image_tokens(16, 16) + random_text(300, 1)])
+    pv = random_pixels(grid.tolist())
+    types = mm_token_types(ids)
+    batch = torch.tensor([random_text(256, i) for i in range(8)])
+    print(f"checkpoint: glm4v_moe, {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M params, "
+          f"prompt {ids.shape[1]} tokens incl. one {grid[0, 1]}x{grid[0, 2]}-patch image; {args.threads} threads")
+    rows = [
+        ("prefill, image prompt, batch 1",
+         lambda: ref(input_ids=ids, pixel_values=pv, image_grid_thw=grid, mm_token_type_ids=types),
+         lambda: ours(ids, pixel_values=pv, image_grid_thw=grid)),
+        ("forward, text, batch 8",
+         lambda: ref(input_ids=batch), lambda: ours(batch)),
+        ("vision tower only",
+         lambda: ref.model.visual(pv, grid_thw=grid), lambda: ours.visual(pv, grid)),
+    ]
+    print(f"{'case':34} {'transformers s':>15} {'glmv s':>10} {'ratio':>7}")
+    with torch.inference_mode():
+        for name, a, b in rows:
+            ta, tb = timed(a, args.repeats), timed(b, args.repeats)
+            print(f"{name:34} {ta:15.4f} {tb:10.4f} {ta / tb:7.2f}x")
+
+    script = ("import sys,glmv,glmv.weights;from glmv.testing.memory import peak,reset_peak,warm_up_model_code;"
+              "warm_up_model_code(sys.argv[1]);b=reset_peak();"
+              "m=glmv.load_model(sys.argv[1],progress=False);"
+              "print(sum(t.numel()*t.element_size() for t in m.state_dict().values()),peak()-b)")
+    size, growth = map(int, subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True,
+                                           check=True).stdout.split())
+    print(f"load: model {size / 1e6:.1f} MB, peak RSS growth {growth / 1e6:.1f} MB = {growth / size:.2f}x model size")
+
+
+if __name__ == "__main__":
+    main()
