@@ -1,0 +1,153 @@
+"""GLM-V image processor: smart_resize, bicubic resize, CLIP normalisation, block-major patchify.
+
+Equal to transformers' ``Glm4vImageProcessorPil`` (the PIL backend that follows the original processor), without
+torchvision. Everything here is a pure function of picklable arguments, so it runs in worker threads/processes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from glmv.errors import ConfigError, InputError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Resize and patch settings shared by the image and video processors (from ``*preprocessor_config.json``)."""
+
+    min_pixels: int = 112 * 112
+    max_pixels: int = 28 * 28 * 15000
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    image_mean: tuple[float, ...] = CLIP_MEAN
+    image_std: tuple[float, ...] = CLIP_STD
+    rescale_factor: float = 1 / 255
+    resample: int = Image.Resampling.BICUBIC
+    extra: dict = field(default_factory=dict, compare=False)  # the file's other keys (fps, processor_class, ...)
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+    @classmethod
+    def from_dict(cls, d: dict, defaults: "VisionConfig | None" = None) -> "VisionConfig":
+        base = defaults or cls()
+        size = d.get("size") or {}
+        try:
+            return cls(
+                min_pixels=int(size.get("shortest_edge", d.get("min_pixels", base.min_pixels))),
+                max_pixels=int(size.get("longest_edge", d.get("max_pixels", base.max_pixels))),
+                patch_size=int(d.get("patch_size", base.patch_size)),
+                temporal_patch_size=int(d.get("temporal_patch_size", base.temporal_patch_size)),
+                merge_size=int(d.get("merge_size", base.merge_size)),
+                image_mean=tuple(float(x) for x in d.get("image_mean", base.image_mean)),
+                image_std=tuple(float(x) for x in d.get("image_std", base.image_std)),
+                rescale_factor=float(d.get("rescale_factor", base.rescale_factor)),
+                resample=int(d.get("resample", base.resample)),
+                extra=dict(d),
+            )
+        except (TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"bad processor config value ({e})") from None
+
+
+def smart_resize(num_frames: int, height: int, width: int, temporal_factor: int = 2, factor: int = 28,
+                 min_pixels: int = 112 * 112, max_pixels: int = 14 * 14 * 2 * 2 * 2 * 6144) -> tuple[int, int]:
+    """Target (height, width): multiples of ``factor``, ``num_frames·h·w`` within [min, max] pixels, aspect kept.
+
+    Literal port of transformers' ``smart_resize`` (including Python's banker's ``round``) so grids match exactly.
+    """
+    if num_frames < temporal_factor:
+        raise InputError(f"{num_frames} frames is fewer than the temporal patch size {temporal_factor}")
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if max(height, width) / min(height, width) > 200:
+        raise InputError(f"aspect ratio {max(height, width) / min(height, width):.0f}:1 is over the limit of 200:1")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(num_frames / temporal_factor) * temporal_factor
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt((num_frames * height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (num_frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def normalize_lut(cfg: VisionConfig) -> np.ndarray:
+    """(C, 256) float32 table of normalised values, computed the way transformers does (float64 rescale, then
+    float32 ``(x - mean) / std``), so a lookup is both exact and faster than arithmetic on every pixel."""
+    levels = (np.arange(256, dtype=np.float64) * cfg.rescale_factor).astype(np.float32)
+    mean = np.asarray(cfg.image_mean, dtype=np.float32)[:, None]
+    std = np.asarray(cfg.image_std, dtype=np.float32)[:, None]
+    return (levels[None, :] - mean) / std
+
+
+def normalize(frames: np.ndarray, cfg: VisionConfig) -> np.ndarray:
+    """uint8 (..., C) pixels → float32 normalised values, by table lookup (one pass per channel)."""
+    lut = normalize_lut(cfg)
+    out = np.empty(frames.shape, dtype=np.float32)
+    for c in range(frames.shape[-1]):
+        np.take(lut[c], frames[..., c], out=out[..., c])
+    return out
+
+
+def patchify(frames: np.ndarray, cfg: VisionConfig) -> np.ndarray:
+    """(T, H, W, C) uint8 frames, T a multiple of the temporal patch → (T/t·H/p·W/p, C·t·p·p) float32 rows.
+
+    Rows are block-major (each merge_size×merge_size block of patches is contiguous) and each row is laid out
+    (C, t, p, p). Pixels are normalised before the permutation, so a still image (a broadcast, zero-stride time
+    axis) is normalised once and only duplicated by the final copy.
+    """
+    t_patch, p, m = cfg.temporal_patch_size, cfg.patch_size, cfg.merge_size
+    T, H, W, C = frames.shape
+    gt, gh, gw = T // t_patch, H // p, W // p
+    values = normalize(frames[:1] if frames.strides[0] == 0 else frames, cfg)
+    values = np.broadcast_to(values, frames.shape)
+    blocks = values.reshape(gt, t_patch, gh // m, m, p, gw // m, m, p, C).transpose(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    out = np.empty(blocks.shape, dtype=np.float32)  # (gt, gh/m, gw/m, m_h, m_w, C, t, p_h, p_w)
+    out[...] = blocks
+    return out.reshape(gt * gh * gw, C * t_patch * p * p)
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """One processed image: ``pixel_values`` (h·w, 1176) float32 and its grid (1, h, w) in patches."""
+
+    pixel_values: torch.Tensor
+    grid_thw: tuple[int, int, int]
+
+    @property
+    def num_tokens(self) -> int:
+        """LLM placeholder tokens (patches after the 2×2 merge); merge_size 2 assumed by GLM-V."""
+        t, h, w = self.grid_thw
+        return t * h * w // 4
+
+
+def resize_image(image: Image.Image, cfg: VisionConfig, num_frames: int | None = None) -> Image.Image:
+    """Resize once, to the smart_resize target, with PIL's filter (bicubic by default)."""
+    h, w = smart_resize(num_frames or cfg.temporal_patch_size, image.height, image.width,
+                        cfg.temporal_patch_size, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+    return image.resize((w, h), resample=cfg.resample)
+
+
+def process_image(image: Image.Image, cfg: VisionConfig = VisionConfig()) -> ImageFeatures:
+    """An RGB PIL image → patch rows; the still image is repeated along time to fill one temporal patch."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    pixels = np.asarray(resize_image(image, cfg))
+    frames = np.broadcast_to(pixels[None], (cfg.temporal_patch_size, *pixels.shape))
+    rows = patchify(frames, cfg)
+    return ImageFeatures(torch.from_numpy(rows), (1, pixels.shape[0] // cfg.patch_size, pixels.shape[1] // cfg.patch_size))

@@ -1,0 +1,156 @@
+"""``glmv.Processor``: messages → model inputs (token ids, pixel rows, grids), like transformers' Glm4vProcessor.
+
+The pieces are exposed separately (render, process_image, process_video, encode_prompt) so the engine can cache
+per-image results and run media work in its own workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from glmv.errors import InputError, MediaTooLargeError
+from glmv.inputs.chat import ChatTemplate, MediaRef, load_chat_template, normalize_messages
+from glmv.inputs.image import ImageFeatures, VisionConfig, process_image
+from glmv.inputs.limits import MediaLimits
+from glmv.inputs.media import VideoInfo, decode_video, frames_to_array, load_image
+from glmv.inputs.placeholders import MediaTokens, expand_placeholders
+from glmv.inputs.tokenizer import Tokenizer, read_json
+from glmv.inputs.video import VideoConfig, VideoFeatures, process_video, sample_indices
+
+IMAGE_DEFAULTS = VisionConfig(min_pixels=112 * 112, max_pixels=28 * 28 * 15000)
+
+
+def detect_video_rule(*configs: dict) -> str:
+    """``glm46v`` when any processor/model config names the GLM-4.6V processor or model type, else ``glm4v``."""
+    for config in configs:
+        for key in ("processor_class", "video_processor_type", "image_processor_type", "model_type"):
+            value = str(config.get(key) or "").lower()
+            if "glm46v" in value:
+                return "glm46v"
+    return "glm4v"
+
+
+class Processor:
+    """Tokenizer + chat template + image/video processors of one checkpoint."""
+
+    def __init__(self, tokenizer: Tokenizer, template: ChatTemplate | None = None,
+                 image_config: VisionConfig = IMAGE_DEFAULTS, video_config: VideoConfig = VideoConfig(),
+                 limits: MediaLimits = MediaLimits()):
+        self.tokenizer = tokenizer
+        self.template = template or ChatTemplate(None, tokenizer.special_tokens_map)
+        self.image_config = image_config
+        self.video_config = video_config
+        self.limits = limits
+        self.media_tokens = MediaTokens.from_tokenizer(tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, limits: MediaLimits | None = None) -> "Processor":
+        """Load tokenizer.json, the chat template and (pre)processor configs from a checkpoint directory."""
+        path = Path(path)
+        tokenizer = Tokenizer.from_pretrained(path)
+        image_cfg = read_json(path / "preprocessor_config.json")
+        video_cfg = read_json(path / "video_preprocessor_config.json")
+        rule = detect_video_rule(image_cfg, video_cfg, read_json(path / "processor_config.json"),
+                                 read_json(path / "config.json"))
+        return cls(tokenizer, ChatTemplate(load_chat_template(path), tokenizer.special_tokens_map),
+                   VisionConfig.from_dict(image_cfg, IMAGE_DEFAULTS), VideoConfig.from_dict(video_cfg, rule),
+                   limits or MediaLimits())
+
+    # -- text ------------------------------------------------------------------------------------------------
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, enable_thinking: bool | None = None,
+               tools: list[dict] | None = None, **template_kwargs: Any) -> str:
+        """The prompt text, placeholders unexpanded (one ``<|image|>`` per image, one ``<|video|>`` per video)."""
+        normalized, _ = normalize_messages(messages)
+        return self.template.render(normalized, add_generation_prompt, tools, enable_thinking, **template_kwargs)
+
+    def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        if isinstance(ids, torch.Tensor):
+            ids = ids.flatten().tolist()
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    # -- media -----------------------------------------------------------------------------------------------
+    def process_image(self, source: Any) -> ImageFeatures:
+        """Load (within the limits) and process one image."""
+        return process_image(load_image(source, self.limits), self.image_config)
+
+    def process_video(self, source: Any, fps: float | None = None) -> VideoFeatures:
+        """A video file/bytes/URL, or a list / (T, H, W, 3) array of frames shot at ``fps`` (default 2)."""
+        cfg = self.video_config
+        if isinstance(source, (list, tuple, np.ndarray)) or (isinstance(source, torch.Tensor) and source.ndim == 4):
+            if isinstance(source, torch.Tensor):  # (T, C, H, W), the torchvision convention
+                source = list(source)
+            frames = frames_to_array(list(source), self.limits)
+            info = VideoInfo(len(frames), float(fps or 2.0), frames.shape[2], frames.shape[1])
+            indices = sample_indices(info, cfg)
+            return process_video(frames[indices], indices, info.fps, cfg)
+        decoded = decode_video(source, lambda info: sample_indices(info, cfg), self.limits)
+        return process_video(decoded.frames, decoded.indices, decoded.info.fps, cfg)
+
+    def process_media(self, media: Sequence[MediaRef]) -> tuple[list[ImageFeatures], list[VideoFeatures]]:
+        """Process every media item; errors name the message and part they came from."""
+        n_images = sum(m.kind == "image" for m in media)
+        n_videos = len(media) - n_images
+        if n_images > self.limits.max_images:
+            raise MediaTooLargeError(f"{n_images} images in the request, over the limit of {self.limits.max_images}")
+        if n_videos > self.limits.max_videos:
+            raise MediaTooLargeError(f"{n_videos} videos in the request, over the limit of {self.limits.max_videos}")
+        images, videos = [], []
+        for ref in media:
+            try:
+                if ref.kind == "image":
+                    images.append(self.process_image(ref.source))
+                else:
+                    videos.append(self.process_video(ref.source, ref.fps))
+            except InputError as e:
+                raise type(e)(f"{ref.where}: {e}") from None
+        return images, videos
+
+    # -- everything together ---------------------------------------------------------------------------------
+    def encode_prompt(self, text: str, images: Sequence[ImageFeatures] = (), videos: Sequence[VideoFeatures] = (),
+                      ) -> tuple[list[int], list[int]]:
+        """Tokenize a rendered prompt and expand its placeholders → (input ids, mm_token_type_ids)."""
+        return expand_placeholders(self.tokenizer.encode(text), images, videos, self.media_tokens,
+                                   self.tokenizer.encode, self.video_config.rule)
+
+    def apply_chat_template(self, messages: list[dict] | list[list[dict]], add_generation_prompt: bool = True,
+                            enable_thinking: bool | None = None, tools: list[dict] | None = None,
+                            **template_kwargs: Any) -> dict[str, torch.Tensor | None]:
+        """One conversation, or a list of them (left-padded with the tokenizer's pad id), → model inputs:
+        ``input_ids``/``attention_mask``/``mm_token_type_ids`` [B, L], ``pixel_values`` [N, 1176] +
+        ``image_grid_thw`` [n, 3], ``pixel_values_videos`` + ``video_grid_thw`` (None when unused)."""
+        batched = isinstance(messages, (list, tuple)) and bool(messages) and isinstance(messages[0], (list, tuple))
+        conversations = list(messages) if batched else [messages]
+        normalized = [normalize_messages(conv) for conv in conversations]
+        images, videos = self.process_media([ref for _, media in normalized for ref in media])
+        rows, image_at, video_at = [], 0, 0
+        for conv, media in normalized:
+            n_img = sum(m.kind == "image" for m in media)
+            n_vid = len(media) - n_img
+            text = self.template.render(conv, add_generation_prompt, tools, enable_thinking, **template_kwargs)
+            rows.append(self.encode_prompt(text, images[image_at:image_at + n_img], videos[video_at:video_at + n_vid]))
+            image_at, video_at = image_at + n_img, video_at + n_vid
+        return self._collate(rows, images, videos)
+
+    def _collate(self, rows: list[tuple[list[int], list[int]]], images: list[ImageFeatures],
+                 videos: list[VideoFeatures]) -> dict[str, torch.Tensor | None]:
+        length = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        mm_types = torch.zeros((len(rows), length), dtype=torch.long)
+        for b, (ids, types) in enumerate(rows):  # left padding: generation continues at the right edge
+            input_ids[b, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[b, length - len(ids):] = 1
+            mm_types[b, length - len(ids):] = torch.tensor(types, dtype=torch.long)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "mm_token_type_ids": mm_types,
+            "pixel_values": torch.cat([f.pixel_values for f in images]) if images else None,
+            "image_grid_thw": torch.tensor([f.grid_thw for f in images], dtype=torch.long) if images else None,
+            "pixel_values_videos": torch.cat([f.pixel_values for f in videos]) if videos else None,
+            "video_grid_thw": torch.tensor([f.grid_thw for f in videos], dtype=torch.long) if videos else None,
+        }
