@@ -128,6 +128,7 @@ class ImageFeatures:
 
     pixel_values: torch.Tensor
     grid_thw: tuple[int, int, int]
+    original_size: tuple[int, int] | None = None  # (width, height) before resizing: boxes map back to it
 
     @property
     def num_tokens(self) -> int:
@@ -150,4 +151,5 @@ def process_image(image: Image.Image, cfg: VisionConfig = VisionConfig()) -> Ima
     pixels = np.asarray(resize_image(image, cfg))
     frames = np.broadcast_to(pixels[None], (cfg.temporal_patch_size, *pixels.shape))
     rows = patchify(frames, cfg)
-    return ImageFeatures(torch.from_numpy(rows), (1, pixels.shape[0] // cfg.patch_size, pixels.shape[1] // cfg.patch_size))
+    grid = (1, pixels.shape[0] // cfg.patch_size, pixels.shape[1] // cfg.patch_size)
+    return ImageFeatures(torch.from_numpy(rows), grid, (image.width, image.height))

@@ -44,3 +44,12 @@ class KVCache:
         rows = torch.as_tensor(rows, device=self.k[0].device)
         self.k = [t.index_select(0, rows) for t in self.k]
         self.v = [t.index_select(0, rows) for t in self.v]
+
+    def grow(self, capacity: int) -> None:
+        """Make room for `capacity` tokens, keeping what is stored (a conversation's next turn)."""
+        if capacity <= self.capacity:
+            return
+        pad = capacity - self.capacity
+        self.k = [torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in self.k]
+        self.v = [torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in self.v]
+        self.capacity = capacity

@@ -78,3 +78,27 @@ def make_tiny_checkpoint(path: str | Path, model_type: str = "glm4v_moe", seed: 
     model = reference_model(reference_config(model_type, **config_kw), seed)
     model.save_pretrained(path)
     return Path(path)
+
+
+def make_tiny_model_dir(path: str | Path, model_type: str = "glm4v_moe", seed: int = 0, **config_kw) -> Path:
+    """A complete tiny model directory: tokenizer (GLM special tokens at scattered ids), processor configs with
+    small pixel budgets, and a checkpoint whose special ids and vocabulary match the tokenizer."""
+    import json
+
+    from glmv.testing.tiny_tokenizer import TINY_VOCAB_SIZE, make_tiny_tokenizer, write_processor_configs
+
+    path = Path(path)
+    ids = make_tiny_tokenizer(path)
+    write_processor_configs(path)
+    top = dict(
+        image_token_id=ids["<|image|>"], video_token_id=ids["<|video|>"],
+        image_start_token_id=ids["<|begin_of_image|>"], image_end_token_id=ids["<|end_of_image|>"],
+        video_start_token_id=ids["<|begin_of_video|>"], video_end_token_id=ids["<|end_of_video|>"],
+    )
+    eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]
+    text = {"vocab_size": TINY_VOCAB_SIZE, "eos_token_id": eos, "pad_token_id": ids["<|endoftext|>"],
+            **config_kw.pop("text", {})}
+    model = reference_model(reference_config(model_type, text=text, **config_kw, **top), seed)
+    model.save_pretrained(path)
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "pad_token_id": eos[0]}))
+    return path

@@ -1,0 +1,46 @@
+"""Arguments and helpers shared by the commands that load a model."""
+
+from __future__ import annotations
+
+import argparse
+
+from glmv.engine.sampling import SamplingParams
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default=None,
+                   help="checkpoint directory (Hugging Face layout); default: the bundled nano GLM-V")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=512, help="most tokens to generate (default 512)")
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the checkpoint's)")
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    think = p.add_mutually_exclusive_group()
+    think.add_argument("--think", dest="think", action="store_true", default=None,
+                       help="let the model reason step by step first (GLM-4.5V's default)")
+    think.add_argument("--no-think", dest="think", action="store_false", help="answer directly (/nothink)")
+
+
+def sampling_params(args: argparse.Namespace, llm) -> SamplingParams:
+    values = {k: v for k, v in vars(llm.default_sampling_params()).items()}
+    for name in ("temperature", "top_p", "top_k", "seed"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    values["max_tokens"] = args.max_tokens
+    return SamplingParams(**values)
+
+
+def load_llm(args: argparse.Namespace):
+    from glmv.engine.llm import LLM
+
+    return LLM(args.model, dtype=args.dtype, device=args.device)
+
+
+def user_message(text: str, images: list[str], videos: list[str]) -> dict:
+    content = [{"type": "image", "image": i} for i in images] + [{"type": "video", "video": v} for v in videos]
+    return {"role": "user", "content": content + [{"type": "text", "text": text}]}

@@ -1,0 +1,190 @@
+"""The generation loop: batched prefill, then decode steps until every sequence stops.
+
+One `Engine` owns the model, its KV cache layout and the vision cache. `run(seqs)` takes prepared sequences
+(prompt ids + media embeddings + sampling params), prefills them together (left-padded), and yields per step
+the tokens each sequence produced; finished sequences leave the batch (their cache rows are dropped).
+Multi-turn reuse (`prefill_from`) lets a conversation keep its cache and prefill only new tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from glmv.engine.sampling import Sampler, SamplingParams
+from glmv.engine.vision_cache import VisionCache
+from glmv.errors import ContextLengthError, InputError
+from glmv.model.cache import KVCache
+from glmv.model.glm4v import GlmvForConditionalGeneration
+from glmv.model.positions import continuation_positions, rope_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sequence:
+    """One sequence being generated (a request with n > 1 becomes n sequences)."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    image_embeds: list[torch.Tensor] = field(default_factory=list)
+    image_grids: list[tuple[int, int, int]] = field(default_factory=list)
+    video_embeds: list[torch.Tensor] = field(default_factory=list)
+    video_grids: list[tuple[int, int, int]] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] = field(default_factory=list)
+    finish_reason: str | None = None
+    seed_offset: int = 0  # sample index within its request, so n samples with one seed differ
+    _generator: torch.Generator | None = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
+        """This sequence's own RNG when its params have a seed (reproducible whatever the batch), else None."""
+        if self.params.seed is None:
+            return None
+        if self._generator is None:
+            self._generator = torch.Generator(device).manual_seed(self.params.seed + self.seed_offset)
+        return self._generator
+
+
+@dataclass
+class EngineStats:
+    prefill_tokens: int = 0  # tokens run through the decoder as prompt (tests check reuse with this)
+    decode_steps: int = 0
+
+
+class Engine:
+    def __init__(self, model: GlmvForConditionalGeneration, eos_token_ids: list[int], max_model_len: int | None = None):
+        self.model = model
+        self.eos_token_ids = list(eos_token_ids)
+        self.max_model_len = max_model_len or model.config.text.max_position_embeddings
+        self.vision = VisionCache(model)
+        self.stats = EngineStats()
+        self.sampler = Sampler()
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        t = self.model.config.text
+        return KVCache(t.num_hidden_layers, batch, t.num_key_value_heads, t.head_dim, capacity, self.model.dtype, self.model.device)
+
+    def check_length(self, seq: Sequence) -> int:
+        """The number of tokens this sequence may still generate; ContextLengthError if the prompt cannot fit."""
+        n = len(seq.prompt_ids)
+        if n == 0:
+            raise InputError("the prompt is empty: give at least one message or token")
+        if n >= self.max_model_len:
+            raise ContextLengthError(
+                f"the prompt is {n} tokens, but the model's context is {self.max_model_len} tokens; "
+                "shorten the prompt, send fewer or smaller images/videos, or lower their max_pixels"
+            )
+        return min(seq.params.max_tokens, self.max_model_len - n)
+
+    def _stop(self, seq: Sequence, token: int, budget: int) -> None:
+        p = seq.params
+        stop_ids = p.stop_token_ids if p.stop_token_ids is not None else self.eos_token_ids
+        if not p.ignore_eos and token in stop_ids and len(seq.output_ids) >= p.min_tokens:
+            seq.finish_reason = "stop"
+        elif len(seq.output_ids) >= budget:
+            seq.finish_reason = "length"
+
+    # --- the loop -----------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], cache: KVCache | None = None, prefix_len: int = 0) -> Iterator[list[tuple[int, int]]]:
+        """Generate for `seqs` together; yields [(sequence index, new token id), ...] after every step.
+
+        With `cache` (batch 1, holding the first `prefix_len` prompt tokens already), only the rest is prefilled.
+        Sequences also get finish_reason set when they stop (eos / stop ids / max_tokens); stop strings are
+        the caller's job (it sees the text) and it marks them by setting finish_reason, which drops the row.
+        """
+        budgets = [self.check_length(s) for s in seqs]
+        device = self.model.device
+        b = len(seqs)
+        if cache is not None and b != 1:
+            raise ValueError("prefix reuse runs one sequence at a time")
+        lengths = [len(s.prompt_ids) for s in seqs]
+        n = max(lengths)
+        ids = torch.full((b, n), 0, dtype=torch.long)
+        mask = torch.zeros((b, n), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, n - lengths[i] :] = torch.tensor(s.prompt_ids)
+            mask[i, n - lengths[i] :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        igrids = [g for s in seqs for g in s.image_grids]
+        vgrids = [g for s in seqs for g in s.video_grids]
+        igrid = torch.tensor(igrids, device=device) if igrids else None
+        vgrid = torch.tensor(vgrids, device=device) if vgrids else None
+        types = self.model.token_types(ids)
+        positions, deltas = rope_index(types, igrid, vgrid, mask, self.model.config.vision.spatial_merge_size)
+
+        if cache is None:
+            cache = self.new_cache(b, n + max(budgets))
+        elif cache.capacity < n + max(budgets):
+            cache.grow(n + max(budgets))
+        # With a reused prefix the cache already holds tokens [0, prefix_len); embeddings are needed only for
+        # media whose placeholders lie in the new part.
+        images = [e for s in seqs for e in s.image_embeds]
+        videos = [e for s in seqs for e in s.video_embeds]
+        new = slice(prefix_len, n)
+        if prefix_len:
+            images = _media_after(types[0], 1, prefix_len, images)
+            videos = _media_after(types[0], 2, prefix_len, videos)
+        out = self.model(
+            ids[:, new], attention_mask=mask, position_ids=positions[:, :, new], cache=cache,
+            image_embeds=images, video_embeds=videos, logits_to_keep=1,
+        )
+        self.stats.prefill_tokens += int(mask[:, new].sum())
+        real = mask.sum(1)
+        rows = list(range(b))  # rows[j] = index into seqs of cache row j
+        logits = out.logits[:, -1].float()
+        while True:
+            active = [seqs[i] for i in rows]
+            tokens, logprobs = self.sampler(logits, active)
+            step = []
+            for j, i in enumerate(rows):
+                seq, token = seqs[i], int(tokens[j])
+                seq.output_ids.append(token)
+                if logprobs is not None:
+                    seq.logprobs.append(logprobs[j])
+                self._stop(seq, token, budgets[i])
+                step.append((i, token))
+            yield step  # the caller may set finish_reason (stop strings, cancellation) before we continue
+            keep = [j for j, i in enumerate(rows) if not seqs[i].finished]
+            if not keep:
+                return
+            if len(keep) < len(rows):
+                cache.select(keep)
+                keep_t = torch.tensor(keep, device=device)
+                mask, deltas, real, tokens = mask[keep_t], deltas[keep_t], real[keep_t], tokens[keep_t]
+                rows = [rows[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            pos = continuation_positions(deltas, real, 1)
+            logits = self.model(tokens.view(-1, 1).to(device), attention_mask=mask, position_ids=pos, cache=cache).logits[:, -1].float()
+            real = real + 1
+            self.stats.decode_steps += 1
+
+
+def _media_after(types: torch.Tensor, kind: int, start: int, embeds: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The embeddings of media (of `kind`) whose placeholder tokens begin at or after `start`."""
+    before = int((types[:start] == kind).sum())
+    out, seen = [], 0
+    for e in embeds:
+        if seen >= before:
+            out.append(e)
+        seen += e.shape[0]
+    if seen and before not in _prefix_sums(embeds):
+        raise InputError("internal: reused prefix ends inside an image")
+    return out
+
+
+def _prefix_sums(embeds: list[torch.Tensor]) -> set[int]:
+    total, sums = 0, {0}
+    for e in embeds:
+        total += e.shape[0]
+        sums.add(total)
+    return sums

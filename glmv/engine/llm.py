@@ -1,0 +1,205 @@
+"""`LLM`: the vLLM-shaped Python API over the model, processor and engine.
+
+    from glmv import LLM, SamplingParams
+    llm = LLM("/path/to/GLM-4.5V")                 # or LLM() for the bundled nano model
+    out = llm.chat([{"role": "user", "content": [{"type": "image", "image": "cat.png"},
+                                                  {"type": "text", "text": "What is this?"}]}],
+                   SamplingParams(temperature=0, max_tokens=64))
+    out[0].outputs[0].text, out[0].outputs[0].reasoning, out[0].outputs[0].answer, out[0].outputs[0].boxes
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glmv.engine.detokenizer import IncrementalDetokenizer
+from glmv.engine.engine import Engine, Sequence
+from glmv.engine.outputs import CompletionOutput, RequestOutput, boxes_to_pixels, extract_answer, parse_boxes, parse_reasoning
+from glmv.engine.sampling import SamplingParams
+from glmv.engine.session import ChatSession
+from glmv.engine.stop import StopMatcher
+from glmv.errors import InputError
+from glmv.inputs.chat import normalize_messages
+from glmv.inputs.limits import MediaLimits
+from glmv.inputs.processor import Processor
+from glmv.model_path import resolve_model_path
+from glmv.weights import load_model
+
+GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "repetition_penalty")
+
+
+@dataclass
+class Request:
+    """A prompt with its n sequences, plus what turning tokens back into outputs needs."""
+
+    request_id: str
+    prompt: str
+    prompt_ids: list[int]
+    seqs: list[Sequence]
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height) of each image
+    detoks: list[IncrementalDetokenizer] = field(default_factory=list)
+    stops: list[StopMatcher] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StreamDelta:
+    """One piece of streamed output: new text of sample `index` of request `request`, and whether it finished."""
+
+    request: int
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+class LLM:
+    def __init__(self, model: str | Path | None = None, dtype: torch.dtype | str | None = None,
+                 device: str | torch.device = "cpu", limits: MediaLimits | None = None,
+                 max_model_len: int | None = None, progress: bool = True):
+        self.path = resolve_model_path(model)
+        self.model = load_model(self.path, dtype=dtype, device=device, progress=progress)
+        self.processor = Processor.from_pretrained(self.path, limits)
+        self.tokenizer = self.processor.tokenizer
+        eos = self.tokenizer.eos_token_ids or self.model.config.text.eos_token_id
+        self.engine = Engine(self.model, eos, max_model_len)
+        self._generation_config = self._read_generation_config()
+        self._next_id = 0
+
+    def _read_generation_config(self) -> dict:
+        file = self.path / "generation_config.json"
+        config = json.loads(file.read_text()) if file.is_file() else {}
+        return {k: config[k] for k in GENERATION_DEFAULTS if k in config}
+
+    def default_sampling_params(self) -> SamplingParams:
+        """The checkpoint's generation_config.json sampling values (like vLLM), else SamplingParams defaults."""
+        return SamplingParams(**self._generation_config)
+
+    # --- preparing requests -------------------------------------------------------------------------------------
+    def _request(self, prompt: str, ids: list[int], params: SamplingParams, images=(), videos=(),
+                 image_embeds=(), video_embeds=()) -> Request:
+        self._next_id += 1
+        seqs = [
+            Sequence(list(ids), params, list(image_embeds), [f.grid_thw for f in images], list(video_embeds),
+                     [f.grid_thw for f in videos], seed_offset=i)
+            for i in range(params.n)
+        ]
+        req = Request(str(self._next_id), prompt, list(ids), seqs, [f.original_size for f in images])
+        for _ in seqs:
+            req.detoks.append(IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens))
+            req.stops.append(StopMatcher(params.stop, params.include_stop_str_in_output))
+            req.texts.append("")
+        return req
+
+    def prepare_chat(self, conversations: list[list[dict]], params: SamplingParams,
+                     enable_thinking: bool | None = None, tools: list[dict] | None = None,
+                     **template_kwargs: Any) -> list[Request]:
+        """Render, tokenize and process the media of each conversation; vision runs once for all their media."""
+        proc = self.processor
+        parsed = [normalize_messages(conv) for conv in conversations]
+        images, videos = proc.process_media([ref for _, media in parsed for ref in media])
+        image_embeds, video_embeds = self.engine.vision.images(images), self.engine.vision.videos(videos)
+        requests, i_at, v_at = [], 0, 0
+        for messages, media in parsed:
+            n_img = sum(m.kind == "image" for m in media)
+            n_vid = len(media) - n_img
+            prompt = proc.template.render(messages, True, tools, enable_thinking, **template_kwargs)
+            imgs, vids = images[i_at : i_at + n_img], videos[v_at : v_at + n_vid]
+            ids, _ = proc.encode_prompt(prompt, imgs, vids)
+            requests.append(self._request(prompt, ids, params, imgs, vids, image_embeds[i_at : i_at + n_img],
+                                          video_embeds[v_at : v_at + n_vid]))
+            i_at, v_at = i_at + n_img, v_at + n_vid
+        return requests
+
+    # --- running ------------------------------------------------------------------------------------------------
+    def iterate(self, requests: list[Request], cache=None, prefix_len: int = 0) -> Iterator[StreamDelta]:
+        """Run requests together, yielding text deltas as tokens are decoded (never half a character, never
+        text that may still turn out to be part of a stop string)."""
+        flat = [(r, k) for r, req in enumerate(requests) for k in range(len(req.seqs))]
+        seqs = [requests[r].seqs[k] for r, k in flat]
+        for step in self.engine.run(seqs, cache=cache, prefix_len=prefix_len):
+            for i, token in step:
+                r, k = flat[i]
+                req, seq = requests[r], seqs[i]
+                delta = req.detoks[k].add(token)
+                if seq.finished:
+                    delta += req.detoks[k].flush()
+                delta, hit = req.stops[k].feed(delta, final=seq.finished)
+                if hit and not seq.finished:
+                    seq.finish_reason = "stop"  # the engine drops the row before its next step
+                req.texts[k] += delta
+                if delta or seq.finished:
+                    yield StreamDelta(r, k, delta, seq.finish_reason)
+
+    def _output(self, req: Request) -> RequestOutput:
+        outputs = []
+        for k, seq in enumerate(req.seqs):
+            text = req.texts[k]
+            reasoning, content = parse_reasoning(text)
+            boxes = parse_boxes(content)
+            size = req.image_sizes[0] if req.image_sizes else None
+            outputs.append(CompletionOutput(
+                index=k, text=text, token_ids=list(seq.output_ids), finish_reason=seq.finish_reason,
+                logprobs=seq.logprobs or None, reasoning=reasoning, answer=extract_answer(content),
+                boxes=boxes_to_pixels(boxes, *size) if size and boxes else boxes,
+            ))
+        n_out = sum(len(s.output_ids) for s in req.seqs)
+        return RequestOutput(req.request_id, req.prompt, req.prompt_ids, outputs, finished=True,
+                             prompt_tokens=len(req.prompt_ids), completion_tokens=n_out)
+
+    def run_requests(self, requests: list[Request], cache=None, prefix_len: int = 0) -> list[RequestOutput]:
+        for _ in self.iterate(requests, cache, prefix_len):
+            pass
+        return [self._output(r) for r in requests]
+
+    # --- public API ---------------------------------------------------------------------------------------------
+    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
+             enable_thinking: bool | None = None, tools: list[dict] | None = None,
+             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+        """One conversation (a list of messages) or a list of conversations -> one RequestOutput each."""
+        batched = bool(messages) and isinstance(messages[0], (list, tuple))
+        conversations = list(messages) if batched else [messages]
+        params = sampling_params or self.default_sampling_params()
+        reqs = self.prepare_chat(conversations, params, enable_thinking, tools, **(chat_template_kwargs or {}))
+        return self.run_requests(reqs)
+
+    def chat_stream(self, messages: list[dict], sampling_params: SamplingParams | None = None,
+                    enable_thinking: bool | None = None, **template_kwargs: Any) -> Iterator[str]:
+        """Text deltas of one conversation's answer as they are decoded (their concatenation is the full text)."""
+        params = sampling_params or self.default_sampling_params()
+        reqs = self.prepare_chat([messages], params, enable_thinking, **template_kwargs)
+        for d in self.iterate(reqs):
+            if d.text:
+                yield d.text
+
+    def generate(self, prompts: str | list[str] | list[int] | list[list[int]] | dict | list[dict],
+                 sampling_params: SamplingParams | None = None) -> list[RequestOutput]:
+        """Raw prompts (already formatted), token id lists, or {"prompt_token_ids": [...]} dicts; text only."""
+        params = sampling_params or self.default_sampling_params()
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        reqs = []
+        for p in prompts:
+            if isinstance(p, dict):
+                if "prompt_token_ids" in p:
+                    p = list(p["prompt_token_ids"])
+                elif "prompt" in p:
+                    p = p["prompt"]
+                else:
+                    raise InputError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+            if isinstance(p, str):
+                reqs.append(self._request(p, self.tokenizer.encode(p), params))
+            elif isinstance(p, list) and all(isinstance(t, int) for t in p):
+                reqs.append(self._request(self.tokenizer.decode(p), p, params))
+            else:
+                raise InputError(f"unsupported prompt of type {type(p).__name__}: give a string or a list of token ids")
+        return self.run_requests(reqs)
+
+    def start_chat(self) -> ChatSession:
+        """A conversation that keeps its KV cache and image embeddings between turns."""
+        return ChatSession(self)
