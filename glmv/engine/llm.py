@@ -136,7 +136,7 @@ class LLM:
                 if delta or seq.finished:
                     yield StreamDelta(r, k, delta, seq.finish_reason)
 
-    def _output(self, req: Request) -> RequestOutput:
+    def request_output(self, req: Request) -> RequestOutput:
         outputs = []
         for k, seq in enumerate(req.seqs):
             text = req.texts[k]
@@ -155,7 +155,7 @@ class LLM:
     def run_requests(self, requests: list[Request], cache=None, prefix_len: int = 0) -> list[RequestOutput]:
         for _ in self.iterate(requests, cache, prefix_len):
             pass
-        return [self._output(r) for r in requests]
+        return [self.request_output(r) for r in requests]
 
     # --- public API ---------------------------------------------------------------------------------------------
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,

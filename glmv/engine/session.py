@@ -10,11 +10,13 @@ shared prefix and the difference is recomputed; debug logs say so.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from glmv.engine.sampling import SamplingParams
+from glmv.errors import InputError
 from glmv.model.cache import KVCache
 from glmv.model.positions import TEXT
 
@@ -50,16 +52,26 @@ class ChatSession:
         self.cached_ids: list[int] = []
         self.media: list[torch.Tensor] = []  # embeddings of this conversation's media, kept alive here
         self.last_reused = 0  # cached tokens the last turn kept (the rest of its prompt was prefilled)
+        self._request = None
 
     def reset(self) -> None:
         self.cache, self.cached_ids, self.media, self.last_reused = None, [], [], 0
 
     def chat(self, messages: list[dict], sampling_params: SamplingParams | None = None,
              enable_thinking: bool | None = None, **template_kwargs: Any):
+        """Answer the last user message of `messages` (the whole conversation so far) -> RequestOutput."""
+        stream = self.stream(messages, sampling_params, enable_thinking, **template_kwargs)
+        for _ in stream:
+            pass
+        return self.llm.request_output(self._request)
+
+    def stream(self, messages: list[dict], sampling_params: SamplingParams | None = None,
+               enable_thinking: bool | None = None, **template_kwargs: Any) -> Iterator[str]:
+        """Like chat(), yielding text deltas as they are decoded."""
         llm, engine = self.llm, self.llm.engine
         params = sampling_params or llm.default_sampling_params()
         if params.n != 1:
-            raise ValueError("a chat session generates one answer per turn (n=1)")
+            raise InputError("a chat session generates one answer per turn (n=1)")
         request = llm.prepare_chat([messages], params, enable_thinking, **template_kwargs)[0]
         seq = request.seqs[0]
         self.media = seq.image_embeds + seq.video_embeds
@@ -74,8 +86,13 @@ class ChatSession:
                       prefix, len(self.cached_ids))
         self.cache.truncate(prefix)
         self.last_reused = prefix
+        self._request = request
         log.debug("turn: reusing %d cached tokens, prefilling %d", prefix, len(seq.prompt_ids) - prefix)
-        output = llm.run_requests([request], cache=self.cache, prefix_len=prefix)[0]
-        # The cache now holds the prompt and every generated token but the last (which was never fed back).
-        self.cached_ids = seq.prompt_ids + seq.output_ids[:-1]
-        return output
+        try:
+            for delta in llm.iterate([request], cache=self.cache, prefix_len=prefix):
+                if delta.text:
+                    yield delta.text
+        finally:
+            # The cache holds the prompt and every generated token but the last (never fed back); a turn cut
+            # short still leaves a valid prefix.
+            self.cached_ids = (seq.prompt_ids + seq.output_ids[:-1])[: self.cache.length]

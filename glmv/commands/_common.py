@@ -1,10 +1,9 @@
-"""Arguments and helpers shared by the commands that load a model."""
+"""Arguments and helpers shared by the commands that load a model (heavy imports stay inside functions
+so `glmv --help` is instant)."""
 
 from __future__ import annotations
 
 import argparse
-
-from glmv.engine.sampling import SamplingParams
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -26,7 +25,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     think.add_argument("--no-think", dest="think", action="store_false", help="answer directly (/nothink)")
 
 
-def sampling_params(args: argparse.Namespace, llm) -> SamplingParams:
+def sampling_params(args: argparse.Namespace, llm):
+    from glmv.engine.sampling import SamplingParams
+
     values = {k: v for k, v in vars(llm.default_sampling_params()).items()}
     for name in ("temperature", "top_p", "top_k", "seed"):
         if getattr(args, name) is not None:

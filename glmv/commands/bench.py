@@ -1,0 +1,72 @@
+"""`glmv bench`: prefill and decode tokens/s and vision-encoder time of a model on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+from glmv.commands._common import add_model_args, load_llm
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="measure prefill/decode speed and vision time",
+                              description="Measure prefill tokens/s, decode tokens/s (per batch size) and the "
+                                          "vision encoder's time per image on this machine.")
+    add_model_args(p)
+    p.add_argument("--prompt-tokens", type=int, default=256, help="prompt length for prefill (default 256)")
+    p.add_argument("--decode-tokens", type=int, default=32, help="tokens generated per sequence (default 32)")
+    p.add_argument("--batch", type=int, action="append", default=None, help="batch sizes (default 1 and 8)")
+    p.add_argument("--image-size", type=int, default=448, help="side of the square test image (default 448)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run)
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from glmv.engine.sampling import SamplingParams
+
+    llm = load_llm(args)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (args.image_size, args.image_size, 3), dtype=np.uint8))
+    feats = llm.processor.process_image(image)
+    vocab = llm.model.config.text.vocab_size
+    prompt = rng.integers(0, min(vocab, 1000), args.prompt_tokens).tolist()
+    results = {"model": str(llm.path), "device": str(llm.model.device), "dtype": str(llm.model.dtype),
+               "threads": torch.get_num_threads()}
+
+    def vision():
+        with torch.inference_mode():
+            llm.model.encode_images(feats.pixel_values.to(llm.model.device), torch.tensor([feats.grid_thw]))
+    results["vision_ms_per_image"] = 1000 * _median_time(vision, args.repeats)
+    results["image_tokens"] = feats.num_tokens
+
+    one = SamplingParams(temperature=0, max_tokens=1)
+    t = _median_time(lambda: llm.generate([prompt], one), args.repeats)
+    results["prefill_tokens_per_s"] = args.prompt_tokens / t
+    for b in args.batch or [1, 8]:
+        params = SamplingParams(temperature=0, max_tokens=args.decode_tokens, ignore_eos=True)
+        full = _median_time(lambda: llm.generate([prompt] * b, params), args.repeats)
+        first = _median_time(lambda: llm.generate([prompt] * b, one), args.repeats)
+        results[f"decode_tokens_per_s_batch{b}"] = b * (args.decode_tokens - 1) / max(full - first, 1e-9)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for k, v in results.items():
+            print(f"{k:32} {v:.1f}" if isinstance(v, float) else f"{k:32} {v}")
+    return 0
