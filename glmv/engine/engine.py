@@ -135,8 +135,8 @@ class Engine:
             images = _media_after(types[0], 1, prefix_len, images)
             videos = _media_after(types[0], 2, prefix_len, videos)
         out = self.model(
-            ids[:, new], attention_mask=mask, position_ids=positions[:, :, new], cache=cache,
-            image_embeds=images, video_embeds=videos, logits_to_keep=1,
+            ids[:, new], attention_mask=mask, mm_token_type_ids=types[:, new], position_ids=positions[:, :, new],
+            cache=cache, image_embeds=images, video_embeds=videos, logits_to_keep=1,
         )
         self.stats.prefill_tokens += int(mask[:, new].sum())
         real = mask.sum(1)
@@ -164,27 +164,21 @@ class Engine:
                 rows = [rows[j] for j in keep]
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             pos = continuation_positions(deltas, real, 1)
-            logits = self.model(tokens.view(-1, 1).to(device), attention_mask=mask, position_ids=pos, cache=cache).logits[:, -1].float()
+            step_ids = tokens.view(-1, 1).to(device)
+            text = torch.zeros_like(step_ids)  # generated tokens are text, whatever their id
+            logits = self.model(step_ids, attention_mask=mask, mm_token_type_ids=text, position_ids=pos, cache=cache)
+            logits = logits.logits[:, -1].float()
             real = real + 1
             self.stats.decode_steps += 1
 
 
 def _media_after(types: torch.Tensor, kind: int, start: int, embeds: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The embeddings of media (of `kind`) whose placeholder tokens begin at or after `start`."""
+    """Embeddings of the media (of `kind`) whose placeholder runs lie at or after `start`; the reused prefix never
+    ends inside a run (see session.reusable_prefix)."""
     before = int((types[:start] == kind).sum())
     out, seen = [], 0
     for e in embeds:
         if seen >= before:
             out.append(e)
         seen += e.shape[0]
-    if seen and before not in _prefix_sums(embeds):
-        raise InputError("internal: reused prefix ends inside an image")
     return out
-
-
-def _prefix_sums(embeds: list[torch.Tensor]) -> set[int]:
-    total, sums = 0, {0}
-    for e in embeds:
-        total += e.shape[0]
-        sums.add(total)
-    return sums

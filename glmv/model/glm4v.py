@@ -90,6 +90,7 @@ class GlmvForConditionalGeneration(nn.Module):
         pixel_values_videos: torch.Tensor | None = None,
         video_grid_thw: torch.Tensor | None = None,
         *,
+        mm_token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         image_embeds: list[torch.Tensor] | None = None,
@@ -101,7 +102,9 @@ class GlmvForConditionalGeneration(nn.Module):
 
         Without `position_ids` the 3D positions are computed from input_ids and the grids, which is right for a
         prompt that starts at position 0. Callers that continue a cached sequence pass `position_ids` [3, B, L];
-        `image_embeds` / `video_embeds` skip the vision tower for media encoded earlier.
+        `image_embeds` / `video_embeds` skip the vision tower for media encoded earlier. Token types (text /
+        image / video frame) are read off input_ids unless `mm_token_type_ids` [B, L] gives them: generated
+        tokens are always text, even when a model emits a placeholder id.
         """
         if pixel_values is not None:
             if image_grid_thw is None:
@@ -111,7 +114,7 @@ class GlmvForConditionalGeneration(nn.Module):
             if video_grid_thw is None:
                 raise InputError("pixel_values_videos was given without video_grid_thw")
             video_embeds = self.encode_videos(pixel_values_videos, video_grid_thw)
-        types = self.token_types(input_ids)
+        types = self.token_types(input_ids) if mm_token_type_ids is None else mm_token_type_ids
         if position_ids is None:
             pad_mask = attention_mask[:, -input_ids.shape[1] :] if attention_mask is not None else None
             position_ids, deltas = rope_index(
