@@ -38,6 +38,7 @@ class Sequence:
     logprobs: list[dict[int, float]] = field(default_factory=list)
     finish_reason: str | None = None
     seed_offset: int = 0  # sample index within its request, so n samples with one seed differ
+    budget: int = 0  # tokens it may generate (max_tokens capped by the context), set at prefill
     _generator: torch.Generator | None = field(default=None, repr=False)
 
     @property
@@ -95,12 +96,10 @@ class Engine:
 
     # --- the loop -----------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], cache: KVCache | None = None, prefix_len: int = 0) -> Iterator[list[tuple[int, int]]]:
-        """Generate for `seqs` together; yields [(sequence index, new token id), ...] after every step.
+    def prefill(self, seqs: list[Sequence], cache: KVCache | None = None, prefix_len: int = 0) -> Batch:
+        """Run the prompts of `seqs` (left-padded together) and return the batch, ready to sample.
 
         With `cache` (batch 1, holding the first `prefix_len` prompt tokens already), only the rest is prefilled.
-        Sequences also get finish_reason set when they stop (eos / stop ids / max_tokens); stop strings are
-        the caller's job (it sees the text) and it marks them by setting finish_reason, which drops the row.
         """
         budgets = [self.check_length(s) for s in seqs]
         device = self.model.device
@@ -109,7 +108,7 @@ class Engine:
             raise ValueError("prefix reuse runs one sequence at a time")
         lengths = [len(s.prompt_ids) for s in seqs]
         n = max(lengths)
-        ids = torch.full((b, n), 0, dtype=torch.long)
+        ids = torch.zeros((b, n), dtype=torch.long)
         mask = torch.zeros((b, n), dtype=torch.long)
         for i, s in enumerate(seqs):
             ids[i, n - lengths[i] :] = torch.tensor(s.prompt_ids)
@@ -124,7 +123,7 @@ class Engine:
 
         if cache is None:
             cache = self.new_cache(b, n + max(budgets))
-        elif cache.capacity < n + max(budgets):
+        else:
             cache.grow(n + max(budgets))
         # With a reused prefix the cache already holds tokens [0, prefix_len); embeddings are needed only for
         # media whose placeholders lie in the new part.
@@ -139,37 +138,86 @@ class Engine:
             cache=cache, image_embeds=images, video_embeds=videos, logits_to_keep=1,
         )
         self.stats.prefill_tokens += int(mask[:, new].sum())
-        real = mask.sum(1)
-        rows = list(range(b))  # rows[j] = index into seqs of cache row j
-        logits = out.logits[:, -1].float()
+        for s, budget in zip(seqs, budgets):
+            s.budget = budget
+        return Batch(list(seqs), cache, mask, deltas, mask.sum(1), out.logits[:, -1].float())
+
+    def sample(self, batch: Batch) -> list[tuple[Sequence, int]]:
+        """Pick each row's next token from the batch's logits; sets finish_reason on eos / stop ids / budget."""
+        tokens, logprobs = self.sampler(batch.logits, batch.seqs)
+        batch.tokens = tokens
+        step = []
+        for j, seq in enumerate(batch.seqs):
+            token = int(tokens[j])
+            seq.output_ids.append(token)
+            if logprobs is not None:
+                seq.logprobs.append(logprobs[j])
+            self._stop(seq, token, seq.budget)
+            step.append((seq, token))
+        return step
+
+    @torch.inference_mode()
+    def advance(self, batch: Batch) -> bool:
+        """Drop finished rows and feed the sampled tokens of the others; False when nothing is left."""
+        keep = [j for j, seq in enumerate(batch.seqs) if not seq.finished]
+        if not keep:
+            batch.seqs = []
+            return False
+        if len(keep) < len(batch.seqs):
+            batch.keep(keep)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.seqs), 1)], dim=1)
+        pos = continuation_positions(batch.deltas, batch.real, 1)
+        step_ids = batch.tokens.view(-1, 1).to(self.model.device)
+        text = torch.zeros_like(step_ids)  # generated tokens are text, whatever their id
+        out = self.model(step_ids, attention_mask=batch.mask, mm_token_type_ids=text, position_ids=pos, cache=batch.cache)
+        batch.logits = out.logits[:, -1].float()
+        batch.real = batch.real + 1
+        self.stats.decode_steps += 1
+        return True
+
+    def run(self, seqs: list[Sequence], cache: KVCache | None = None, prefix_len: int = 0) -> Iterator[list[tuple[Sequence, int]]]:
+        """Generate for `seqs` together; yields [(sequence, new token id), ...] after every step. The caller may
+        set a sequence's finish_reason (stop string, cancellation) before resuming; its row is then dropped."""
+        batch = self.prefill(seqs, cache, prefix_len)
         while True:
-            active = [seqs[i] for i in rows]
-            tokens, logprobs = self.sampler(logits, active)
-            step = []
-            for j, i in enumerate(rows):
-                seq, token = seqs[i], int(tokens[j])
-                seq.output_ids.append(token)
-                if logprobs is not None:
-                    seq.logprobs.append(logprobs[j])
-                self._stop(seq, token, budgets[i])
-                step.append((i, token))
-            yield step  # the caller may set finish_reason (stop strings, cancellation) before we continue
-            keep = [j for j, i in enumerate(rows) if not seqs[i].finished]
-            if not keep:
+            yield self.sample(batch)
+            if not self.advance(batch):
                 return
-            if len(keep) < len(rows):
-                cache.select(keep)
-                keep_t = torch.tensor(keep, device=device)
-                mask, deltas, real, tokens = mask[keep_t], deltas[keep_t], real[keep_t], tokens[keep_t]
-                rows = [rows[j] for j in keep]
-            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-            pos = continuation_positions(deltas, real, 1)
-            step_ids = tokens.view(-1, 1).to(device)
-            text = torch.zeros_like(step_ids)  # generated tokens are text, whatever their id
-            logits = self.model(step_ids, attention_mask=mask, mm_token_type_ids=text, position_ids=pos, cache=cache)
-            logits = logits.logits[:, -1].float()
-            real = real + 1
-            self.stats.decode_steps += 1
+
+
+@dataclass
+class Batch:
+    """Sequences decoding together: their KV cache rows, padding mask [B, T], rope deltas and real lengths [B],
+    the logits of their next token [B, V] and, after sampling, the sampled tokens [B]."""
+
+    seqs: list[Sequence]
+    cache: KVCache
+    mask: torch.Tensor
+    deltas: torch.Tensor
+    real: torch.Tensor
+    logits: torch.Tensor
+    tokens: torch.Tensor | None = None
+
+    def keep(self, rows: list[int]) -> None:
+        self.cache.select(rows)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        self.seqs = [self.seqs[j] for j in rows]
+        self.mask, self.deltas, self.real, self.logits = self.mask[idx], self.deltas[idx], self.real[idx], self.logits[idx]
+        if self.tokens is not None:
+            self.tokens = self.tokens[idx.to(self.tokens.device)]
+
+    def merge(self, other: "Batch") -> None:
+        """Add `other`'s rows (freshly prefilled, not yet sampled: call between advance() and sample()).
+        Both caches are right-aligned to the longer one, the shorter padded on the left."""
+        length = max(self.cache.length, other.cache.length)
+        room = max([s.budget - len(s.output_ids) for s in self.seqs + other.seqs] + [1])
+        self.cache = KVCache.concat([self.cache, other.cache], length, length + room)
+        pad = lambda m: torch.cat([m.new_zeros(m.shape[0], length - m.shape[1]), m], dim=1)
+        self.mask = torch.cat([pad(self.mask), pad(other.mask)])
+        self.seqs = self.seqs + other.seqs
+        self.deltas = torch.cat([self.deltas, other.deltas])
+        self.real = torch.cat([self.real, other.real])
+        self.logits = torch.cat([self.logits, other.logits])
 
 
 def _media_after(types: torch.Tensor, kind: int, start: int, embeds: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -47,6 +47,19 @@ class Request:
     stops: list[StopMatcher] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
 
+    def on_token(self, k: int) -> str:
+        """Text to emit after sample k got its latest token: complete characters only, nothing that may be the
+        start of a stop string; a stop string hit finishes the sample (the engine drops its row)."""
+        seq = self.seqs[k]
+        delta = self.detoks[k].add(seq.output_ids[-1])
+        if seq.finished:
+            delta += self.detoks[k].flush()
+        delta, hit = self.stops[k].feed(delta, final=seq.finished)
+        if hit and not seq.finished:
+            seq.finish_reason = "stop"
+        self.texts[k] += delta
+        return delta
+
 
 @dataclass
 class StreamDelta:
@@ -120,19 +133,12 @@ class LLM:
     def iterate(self, requests: list[Request], cache=None, prefix_len: int = 0) -> Iterator[StreamDelta]:
         """Run requests together, yielding text deltas as tokens are decoded (never half a character, never
         text that may still turn out to be part of a stop string)."""
-        flat = [(r, k) for r, req in enumerate(requests) for k in range(len(req.seqs))]
-        seqs = [requests[r].seqs[k] for r, k in flat]
+        where = {id(seq): (r, k) for r, req in enumerate(requests) for k, seq in enumerate(req.seqs)}
+        seqs = [seq for req in requests for seq in req.seqs]
         for step in self.engine.run(seqs, cache=cache, prefix_len=prefix_len):
-            for i, token in step:
-                r, k = flat[i]
-                req, seq = requests[r], seqs[i]
-                delta = req.detoks[k].add(token)
-                if seq.finished:
-                    delta += req.detoks[k].flush()
-                delta, hit = req.stops[k].feed(delta, final=seq.finished)
-                if hit and not seq.finished:
-                    seq.finish_reason = "stop"  # the engine drops the row before its next step
-                req.texts[k] += delta
+            for seq, _ in step:
+                r, k = where[id(seq)]
+                delta = requests[r].on_token(k)
                 if delta or seq.finished:
                     yield StreamDelta(r, k, delta, seq.finish_reason)
 

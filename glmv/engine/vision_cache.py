@@ -8,6 +8,7 @@ LRU bounded in bytes; a conversation pins its own media by holding the returned 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 
 import torch
@@ -32,6 +33,7 @@ class VisionCache:
         self.bytes = 0
         self.encoder_calls = 0  # vision tower invocations (tests count them)
         self.encoded_items = 0  # images + videos actually encoded
+        self.lock = threading.Lock()  # requests are prepared in worker threads
 
     def _remember(self, key: str, value: torch.Tensor) -> None:
         self.entries[key] = value
@@ -41,6 +43,10 @@ class VisionCache:
             self.bytes -= old.numel() * old.element_size()
 
     def _lookup(self, feats: list, encode) -> list[torch.Tensor]:
+        with self.lock:
+            return self._lookup_locked(feats, encode)
+
+    def _lookup_locked(self, feats: list, encode) -> list[torch.Tensor]:
         keys = [media_key(f.pixel_values, f.grid_thw) for f in feats]
         found, missing = {}, {}
         for k, f in zip(keys, feats):

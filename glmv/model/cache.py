@@ -41,7 +41,7 @@ class KVCache:
 
     def select(self, rows: torch.Tensor | list[int]) -> None:
         """Keep only these batch rows (finished sequences leave the batch)."""
-        rows = torch.as_tensor(rows, device=self.k[0].device)
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k[0].device)
         self.k = [t.index_select(0, rows) for t in self.k]
         self.v = [t.index_select(0, rows) for t in self.v]
 
@@ -53,3 +53,23 @@ class KVCache:
         self.k = [torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in self.k]
         self.v = [torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in self.v]
         self.capacity = capacity
+
+    @staticmethod
+    def concat(caches: list["KVCache"], length: int, capacity: int) -> "KVCache":
+        """Stack the rows of several caches into one of `capacity`, each right-aligned so that all end at
+        `length` (>= every cache's length); the left padding must be masked out by the caller."""
+        first = caches[0].k[0]
+        batch = sum(c.batch_size for c in caches)
+        out = KVCache(len(caches[0].k), batch, first.shape[1], first.shape[3], capacity, first.dtype, first.device)
+        for layer in range(len(out.k)):
+            row = 0
+            for c in caches:
+                rows = slice(row, row + c.batch_size)
+                start = length - c.length
+                out.k[layer][rows, :, :start] = 0  # padding: masked, but never NaN
+                out.v[layer][rows, :, :start] = 0
+                out.k[layer][rows, :, start:length] = c.k[layer][:, :, : c.length]
+                out.v[layer][rows, :, start:length] = c.v[layer][:, :, : c.length]
+                row += c.batch_size
+        out.length = length
+        return out

@@ -1,0 +1,70 @@
+"""The shared engine loop: concurrent requests batched together give the same text as alone; cancellation
+frees the rows; a full queue is refused at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from PIL import Image
+
+from glmv import LLM, SamplingParams
+from glmv.engine.async_engine import AsyncEngine, QueueFullError
+from glmv.testing.tiny_checkpoint import make_tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    return LLM(make_tiny_model_dir(tmp_path_factory.mktemp("async")), progress=False)
+
+
+def conv(i: int) -> list[dict]:
+    parts = [{"type": "text", "text": f"Question number {i}: " + "what " * i}]
+    if i % 2:
+        parts.insert(0, {"type": "image", "image": Image.new("RGB", (40 + 10 * i, 60), (20 * i, 100, 50))})
+    return [{"role": "user", "content": parts}]
+
+
+async def collect(handle) -> str:
+    return "".join([d.text async for d in handle])
+
+
+def test_concurrent_requests_equal_running_alone_and_cancel_frees_rows(llm):
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    alone = [llm.chat(conv(i), params)[0].outputs[0].text for i in range(6)]
+
+    async def main():
+        engine = AsyncEngine(llm, max_batch=4)
+        try:
+            handles = await asyncio.gather(*(engine.submit(conv(i), params) for i in range(6)))
+            victim = handles[2]
+
+            async def cancel_soon():
+                async for d in victim:
+                    victim.cancel()  # after its first delta
+                return victim
+
+            texts = await asyncio.gather(*(collect(h) for i, h in enumerate(handles) if i != 2), cancel_soon())
+            return texts[:-1], engine.output(victim), engine
+        finally:
+            pass
+
+    texts, cancelled, engine = asyncio.run(main())
+    try:
+        assert texts == [alone[i] for i in range(6) if i != 2]
+        assert cancelled.outputs[0].finish_reason == "abort" and len(cancelled.outputs[0].token_ids) < 12
+        assert engine.running == 0 and engine.queue_depth == 0
+    finally:
+        engine.shutdown()
+
+
+def test_full_queue_is_refused_immediately(llm):
+    async def main():
+        engine = AsyncEngine(llm, max_queue=0)
+        try:
+            with pytest.raises(QueueFullError, match="busy"):
+                await engine.submit(conv(1), SamplingParams(max_tokens=2))
+        finally:
+            engine.shutdown()
+
+    asyncio.run(main())
