@@ -19,6 +19,7 @@ class Router(nn.Module):
         self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.hidden_size))
         # fp32 always (the reference keeps it strictly fp32); it only shifts which experts are chosen.
         self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
+        self.last_load: torch.Tensor | None = None  # tokens per expert of the last training forward (balancing)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, H] -> (weights [T, k] fp32, expert ids [T, k])."""
@@ -32,6 +33,9 @@ class Router(nn.Module):
             keep = torch.zeros(t, cfg.n_group, dtype=torch.bool, device=x.device).scatter_(1, best, True)
             choice = choice.masked_fill(~keep[..., None].expand_as(groups).reshape(t, -1), float("-inf"))
         ids = choice.topk(cfg.num_experts_per_tok, dim=-1, sorted=False).indices
+        if self.training:
+            load = torch.bincount(ids.flatten(), minlength=cfg.n_routed_experts)
+            self.last_load = load if self.last_load is None else self.last_load + load
         weights = scores.gather(1, ids)
         if cfg.norm_topk_prob:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)

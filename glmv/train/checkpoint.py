@@ -1,0 +1,63 @@
+"""Training checkpoints: the model in the Hugging Face layout (loadable by glmv and transformers) plus the
+trainer state (optimizer, scheduler, RNG, step), written atomically: built in a temporary directory and renamed
+into place, so an interrupted save never leaves a half-written checkpoint behind."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from glmv.weights import save_model
+
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
+              "video_preprocessor_config.json", "generation_config.json", "chat_template.jinja")
+STATE = "trainer_state.pt"
+
+
+def copy_side_files(src: Path, dst: Path) -> None:
+    """Tokenizer, processor and generation configs travel with every checkpoint."""
+    for name in SIDE_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+
+
+def save_checkpoint(model, side_files_from: Path, path: Path, state: dict | None = None) -> Path:
+    """Write model (+ side files, + trainer state) to `path` atomically; returns `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, progress=False)
+    copy_side_files(Path(side_files_from), tmp)
+    if state is not None:
+        torch.save(state, tmp / STATE)
+    old = path.with_name(f".old-{path.name}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = sorted(p for p in Path(out).glob("checkpoint-*") if (p / STATE).is_file())
+    return found[-1] if found else None
+
+
+def prune_checkpoints(out: Path, keep: int) -> None:
+    for old in sorted(Path(out).glob("checkpoint-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,65 @@
+"""Training recipes: one YAML file per stage, read into a dataclass (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from glmv.errors import ConfigError
+
+STAGES = ("pretrain", "sft", "rl")
+
+
+@dataclass
+class Recipe:
+    stage: str  # pretrain | sft | rl (pretrain also covers the long-context/video stage: it is a data mix)
+    out: str  # run directory: checkpoints, logs, final model
+    init: str = "scratch"  # "scratch" (a new nano model + tokenizer) or the checkpoint of the previous stage
+    tasks: dict[str, float] = field(default_factory=dict)  # task -> sampling weight
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.05
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    thinking: float = 0.0  # fraction of examples in the thinking format (SFT)
+    save_every: int = 200
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    # scratch only: tokenizer and model size
+    vocab_size: int = 4096
+    tokenizer_samples: int = 200  # per task, texts the tokenizer is trained on
+    model: dict = field(default_factory=dict)  # overrides of glmv.train.nano.NANO_TEXT
+    max_pixels: int = 224 * 224
+    # rl only
+    group_size: int = 8
+    kl_coef: float = 0.02
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    curriculum: bool = True
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> "Recipe":
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read recipe {path}: {e}") from None
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"recipe {path}: unknown keys {unknown}; known keys: {sorted(known)}")
+        for required in ("stage", "out"):
+            if required not in data:
+                raise ConfigError(f"recipe {path}: missing the required key {required!r}")
+        recipe = cls(**data)
+        if recipe.stage not in STAGES:
+            raise ConfigError(f"recipe {path}: stage must be one of {STAGES}, got {recipe.stage!r}")
+        if not recipe.tasks:
+            raise ConfigError(f"recipe {path}: give at least one task under 'tasks'")
+        return recipe

@@ -1,0 +1,73 @@
+"""Train a byte-level BPE tokenizer carrying every GLM-V special token, and write it in the checkpoint layout
+(tokenizer.json + tokenizer_config.json with the chat template), as the real GLM-V checkpoints ship theirs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+# Tokens that decoding with skip_special_tokens removes (roles, media markers), as in the GLM-4.5V tokenizer ...
+SPECIAL_TOKENS = (
+    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>", "<|system|>", "<|user|>", "<|assistant|>",
+    "<|observation|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
+    "<|image|>", "<|video|>",
+)
+# ... and added tokens that survive it (thinking, tools, boxes).
+TEXT_TOKENS = (
+    "<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<arg_key>",
+    "</arg_key>", "<arg_value>", "</arg_value>", "/nothink", "<|begin_of_box|>", "<|end_of_box|>",
+)
+ALL_SPECIAL = (*SPECIAL_TOKENS, *TEXT_TOKENS)
+
+
+def build_bpe_tokenizer(corpus: Iterable[str], vocab_size: int, special_ids: dict[str, int] | None = None) -> tuple[Tokenizer, dict[str, int]]:
+    """Learn BPE merges on `corpus` so that, with the GLM special tokens, the vocabulary has `vocab_size` ids.
+
+    special_ids: where each special token goes; by default after the learned tokens, in GLM's order (as in the
+    real tokenizer, where they start at 151329)."""
+    n_regular = vocab_size - len(ALL_SPECIAL)
+    trainer = trainers.BpeTrainer(vocab_size=n_regular, min_frequency=2, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    learner = Tokenizer(models.BPE())
+    learner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    learner.train_from_iterator(corpus, trainer)
+    learned = json.loads(learner.to_str())["model"]
+    regular = sorted(learned["vocab"], key=learned["vocab"].get)
+    if special_ids is None:
+        special_ids = {name: len(regular) + k for k, name in enumerate(ALL_SPECIAL)}
+    taken = set(special_ids.values())
+    free = [i for i in range(len(regular) + len(special_ids)) if i not in taken]
+    vocab = {**dict(zip(regular, free)), **special_ids}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TEXT_TOKENS])
+    return tok, dict(special_ids)
+
+
+def write_tokenizer(tok: Tokenizer, special_ids: dict[str, int], path: str | Path, chat_template: str | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json (eos/pad `<|endoftext|>`, the added tokens, the chat template)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "padding_side": "left",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 8192,
+        "added_tokens_decoder": {
+            str(i): {"content": t, "special": t in SPECIAL_TOKENS, "normalized": False, "lstrip": False,
+                     "rstrip": False, "single_word": False}
+            for t, i in sorted(special_ids.items(), key=lambda kv: kv[1])
+        },
+    }
+    if chat_template:
+        config["chat_template"] = chat_template
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))

@@ -1,0 +1,157 @@
+"""Supervised training (pretrain, long-context/video and SFT stages): one loop, data from the world.
+
+AdamW, linear warmup then cosine decay, gradient accumulation, gradient clipping, bf16 autocast on CUDA,
+tqdm with loss and tokens/s, a JSONL log, atomic checkpoints with full trainer state, and `resume` that
+continues exactly where an interrupted run stopped (the data of step k is a pure function of the seed and k).
+MoE routers are balanced without an auxiliary loss, as in GLM-4.5 / DeepSeek-V3: after each step every
+router's selection bias moves toward under-used experts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from glmv.inputs.processor import Processor
+from glmv.model.glm4v import GlmvForConditionalGeneration
+from glmv.model.moe import Router
+from glmv.train.checkpoint import (STATE, latest_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
+                                   set_rng_state)
+from glmv.train.data import IGNORE, Example, Mixture, collate, encode_example
+from glmv.train.recipe import Recipe
+from glmv.weights import load_model
+
+BIAS_RATE = 1e-3  # router bias update speed (DeepSeek-V3 uses 1e-3)
+
+
+def lr_lambda(recipe: Recipe) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < recipe.warmup:
+            return (step + 1) / recipe.warmup
+        progress = min(1.0, (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup))
+        return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def token_loss(model: GlmvForConditionalGeneration, batch: dict) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy over the target tokens of the batch, and their count."""
+    out = model(batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+                image_grid_thw=batch["image_grid_thw"], pixel_values_videos=batch["pixel_values_videos"],
+                video_grid_thw=batch["video_grid_thw"])
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    n = int((labels != IGNORE).sum())
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
+    return loss / max(n, 1), n
+
+
+def balance_routers(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, Router) and m.last_load is not None:
+            load = m.last_load.float()
+            m.e_score_correction_bias += BIAS_RATE * torch.sign(load.mean() - load)
+            m.last_load = None
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, model_dir: Path, make_example: Callable[[str, int, bool], Example] | None = None,
+                 device: str | torch.device = "cpu", progress: bool = True):
+        """model_dir: the checkpoint training starts from (HF layout with tokenizer and processor configs).
+        make_example(task, index, thinking) builds one example; the default draws from glmv.world."""
+        self.recipe = recipe
+        self.out = Path(recipe.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device)
+        self.model_dir = Path(model_dir)
+        self.processor = Processor.from_pretrained(self.model_dir)
+        self.make_example = make_example or self._world_example
+        self.mixture = Mixture(recipe.tasks, recipe.seed)
+        self.progress = progress
+
+    def _world_example(self, task: str, index: int, thinking: bool) -> Example:
+        from glmv.world import sample
+
+        s = sample(task, "train", index)
+        return encode_example(self.processor, s.messages(), s.target, thinking, s.truth.get("trace"), task)
+
+    def batch(self, step: int, micro: int) -> dict:
+        """Micro-batch `micro` of step `step` (deterministic)."""
+        r = self.recipe
+        draws = self.mixture.draw(step * r.grad_accum + micro, r.batch_size)
+        thinking = np.random.default_rng([r.seed, step, micro, 1]).random(len(draws)) < r.thinking
+        examples = [self.make_example(task, index, bool(t)) for (task, index), t in zip(draws, thinking)]
+        return collate(examples, self.processor.tokenizer.pad_token_id)
+
+    def train(self, resume: bool = False, stop_after: int | None = None) -> list[float]:
+        """Run the recipe's steps (from the latest checkpoint with `resume`); returns the loss of every step run
+        in this call. `stop_after` ends the call early at that step, after checkpointing it (as a time-boxed
+        session does); a later `resume` continues exactly."""
+        r = self.recipe
+        start_dir = latest_checkpoint(self.out) if resume else None
+        model = load_model(start_dir or self.model_dir, dtype=torch.float32, device=self.device, progress=False).train()
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=r.lr, betas=(0.9, 0.95))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(r))
+        step = 0
+        if start_dir is not None:
+            state = torch.load(start_dir / STATE, weights_only=False)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            step = state["step"]
+        losses = []
+        log = open(self.out / "log.jsonl", "a")
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        bar = tqdm(total=r.steps, initial=step, desc=f"{r.stage}", disable=None if self.progress else True)
+        tokens, t0 = 0, time.perf_counter()
+        end = min(r.steps, stop_after or r.steps)
+        while step < end:
+            opt.zero_grad(set_to_none=True)
+            total = 0.0
+            for micro in range(r.grad_accum):
+                batch = to_device(self.batch(step, micro), self.device)
+                with autocast:
+                    loss, n = token_loss(model, batch)
+                (loss / r.grad_accum).backward()
+                total += loss.item() / r.grad_accum
+                tokens += n
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm))
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                balance_routers(model)
+            step += 1
+            losses.append(total)
+            bar.update(1)
+            if step % r.log_every == 0 or step == r.steps:
+                rate = tokens / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:.0f}")
+                log.write(json.dumps({"step": step, "loss": total, "lr": sched.get_last_lr()[0],
+                                      "grad_norm": grad_norm, "tokens_per_s": rate}) + "\n")
+                log.flush()
+                tokens, t0 = 0, time.perf_counter()
+            if step % r.save_every == 0 or step == end:
+                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
+                         "step": step}
+                save_checkpoint(model, self.model_dir, self.out / f"checkpoint-{step:06d}", state)
+                prune_checkpoints(self.out, r.keep_checkpoints)
+        bar.close()
+        log.close()
+        if step == r.steps:
+            save_checkpoint(model.eval(), self.model_dir, self.out / "final")
+        return losses

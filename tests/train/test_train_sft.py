@@ -1,0 +1,73 @@
+"""Supervised training on a tiny model: the loss goes down, checkpoints load in glmv and transformers with
+equal logits, and a resumed run continues with exactly the losses of an uninterrupted one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import glmv
+from glmv.train.data import IGNORE, encode_example
+from glmv.train.recipe import Recipe
+from glmv.train.trainer import Trainer
+from glmv.testing.tiny_checkpoint import make_tiny_model_dir
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+
+
+def colour_example(processor):
+    def make(task: str, index: int, thinking: bool):
+        name = sorted(COLOURS)[index % 3]
+        rng = np.random.default_rng(index)
+        pixels = np.clip(np.array(COLOURS[name]) + rng.integers(-20, 20, (56, 56, 3)), 0, 255).astype(np.uint8)
+        messages = [{"role": "user", "content": [{"type": "image", "image": Image.fromarray(pixels)},
+                                                 {"type": "text", "text": "What colour is this?"}]}]
+        return encode_example(processor, messages, f"It is {name}.", thinking, task=task)
+    return make
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("base"), "glm4v_moe")
+
+
+def make_trainer(base, out, steps=8, **kw) -> Trainer:
+    recipe = Recipe(stage="sft", out=str(out), tasks={"colour": 1.0}, steps=steps, batch_size=4, lr=3e-3, warmup=2,
+                    save_every=4, log_every=2, thinking=0.5, **kw)
+    trainer = Trainer(recipe, base, progress=False)
+    trainer.make_example = colour_example(trainer.processor)
+    return trainer
+
+
+def test_loss_masks_everything_but_the_answer(base):
+    trainer = make_trainer(base, "unused")
+    e = trainer.make_example("colour", 0, False)
+    target = [t for t, l in zip(e.input_ids, e.labels) if l != IGNORE]
+    tok = trainer.processor.tokenizer
+    assert tok.decode(target, skip_special_tokens=False) == "It is blue.<|user|>"
+    thinking = trainer.make_example("colour", 0, True)
+    text = tok.decode([t for t in thinking.labels if t != IGNORE], skip_special_tokens=False)
+    assert text.startswith("<think>") and text.endswith("</think>\nIt is blue.<|user|>")
+
+
+def test_loss_decreases_and_checkpoint_loads_in_both(base, tmp_path):
+    import transformers
+
+    losses = make_trainer(base, tmp_path, steps=12).train()
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3])
+    final = tmp_path / "final"
+    ours = glmv.load_model(final, progress=False)
+    ref = transformers.AutoModelForImageTextToText.from_pretrained(final).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        assert (ours(ids).logits - ref(input_ids=ids).logits).abs().max() < 1e-4
+    assert (tmp_path / "log.jsonl").read_text().count("\n") == 6
+
+
+def test_resume_continues_exactly(base, tmp_path):
+    full = make_trainer(base, tmp_path / "a").train()
+    first = make_trainer(base, tmp_path / "b").train(stop_after=4)
+    rest = make_trainer(base, tmp_path / "b").train(resume=True)
+    assert first + rest == full
