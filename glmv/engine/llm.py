@@ -26,8 +26,11 @@ from glmv.engine.session import ChatSession
 from glmv.engine.stop import StopMatcher
 from glmv.errors import InputError
 from glmv.inputs.chat import normalize_messages
+from glmv.inputs.image import ImageFeatures
 from glmv.inputs.limits import MediaLimits
 from glmv.inputs.processor import Processor
+from glmv.inputs.video import VideoFeatures
+from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model_path import resolve_model_path
 from glmv.weights import load_model
 
@@ -42,7 +45,8 @@ class Request:
     prompt: str
     prompt_ids: list[int]
     seqs: list[Sequence]
-    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height) of each image
+    images: list[ImageFeatures] = field(default_factory=list)  # processed media (training re-runs them)
+    videos: list[VideoFeatures] = field(default_factory=list)
     detoks: list[IncrementalDetokenizer] = field(default_factory=list)
     stops: list[StopMatcher] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
@@ -75,12 +79,22 @@ class LLM:
     def __init__(self, model: str | Path | None = None, dtype: torch.dtype | str | None = None,
                  device: str | torch.device = "cpu", limits: MediaLimits | None = None,
                  max_model_len: int | None = None, progress: bool = True):
-        self.path = resolve_model_path(model)
-        self.model = load_model(self.path, dtype=dtype, device=device, progress=progress)
-        self.processor = Processor.from_pretrained(self.path, limits)
-        self.tokenizer = self.processor.tokenizer
-        eos = self.tokenizer.eos_token_ids or self.model.config.text.eos_token_id
-        self.engine = Engine(self.model, eos, max_model_len)
+        path = resolve_model_path(model)
+        self._setup(path, load_model(path, dtype=dtype, device=device, progress=progress),
+                    Processor.from_pretrained(path, limits), max_model_len)
+
+    @classmethod
+    def from_model(cls, model: GlmvForConditionalGeneration, path: str | Path, max_model_len: int | None = None) -> "LLM":
+        """Wrap a model already in memory (e.g. during training) with the processor of checkpoint `path`."""
+        llm = cls.__new__(cls)
+        llm._setup(Path(path), model, Processor.from_pretrained(path), max_model_len)
+        return llm
+
+    def _setup(self, path: Path, model: GlmvForConditionalGeneration, processor: Processor, max_model_len: int | None):
+        self.path, self.model, self.processor = path, model, processor
+        self.tokenizer = processor.tokenizer
+        eos = self.tokenizer.eos_token_ids or model.config.text.eos_token_id
+        self.engine = Engine(model, eos, max_model_len)
         self._generation_config = self._read_generation_config()
         self._next_id = 0
 
@@ -102,7 +116,7 @@ class LLM:
                      [f.grid_thw for f in videos], seed_offset=i)
             for i in range(params.n)
         ]
-        req = Request(str(self._next_id), prompt, list(ids), seqs, [f.original_size for f in images])
+        req = Request(str(self._next_id), prompt, list(ids), seqs, list(images), list(videos))
         for _ in seqs:
             req.detoks.append(IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens))
             req.stops.append(StopMatcher(params.stop, params.include_stop_str_in_output))
@@ -148,7 +162,7 @@ class LLM:
             text = req.texts[k]
             reasoning, content = parse_reasoning(text)
             boxes = parse_boxes(content)
-            size = req.image_sizes[0] if req.image_sizes else None
+            size = req.images[0].original_size if req.images else None
             outputs.append(CompletionOutput(
                 index=k, text=text, token_ids=list(seq.output_ids), finish_reason=seq.finish_reason,
                 logprobs=seq.logprobs or None, reasoning=reasoning, answer=extract_answer(content),

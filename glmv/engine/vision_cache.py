@@ -35,6 +35,12 @@ class VisionCache:
         self.encoded_items = 0  # images + videos actually encoded
         self.lock = threading.Lock()  # requests are prepared in worker threads
 
+    def clear(self) -> None:
+        """Forget everything (the model's weights changed)."""
+        with self.lock:
+            self.entries.clear()
+            self.bytes = 0
+
     def _remember(self, key: str, value: torch.Tensor) -> None:
         self.entries[key] = value
         self.bytes += value.numel() * value.element_size()
