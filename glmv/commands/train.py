@@ -1,0 +1,40 @@
+"""`glmv train RECIPE.yaml`: run one stage of the training pipeline (pretrain, sft or rl)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="run one training stage from a YAML recipe",
+        description="Run one stage of glmv's pipeline (pretrain -> video -> sft -> rl) from a YAML recipe; "
+                    "recipes for the nano GLM-V are in glmv/train/recipes/. Checkpoints go to the recipe's "
+                    "'out' directory; --resume continues from the latest one exactly.",
+    )
+    p.add_argument("recipe", help="recipe YAML file (or the name of a bundled recipe, e.g. nano_pretrain)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in 'out'")
+    p.add_argument("--stop-after", type=int, default=None, help="stop (after checkpointing) at this step")
+    p.add_argument("--out", default=None, help="override the recipe's output directory")
+    p.add_argument("--init", default=None, help="override the recipe's starting checkpoint")
+    p.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
+    p.set_defaults(func=run)
+
+
+def recipe_path(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    bundled = Path(__file__).parents[1] / "train" / "recipes" / f"{name}.yaml"
+    return bundled if bundled.is_file() else path
+
+
+def run(args: argparse.Namespace) -> int:
+    from glmv.train.pipeline import run_stage
+    from glmv.train.recipe import Recipe
+
+    recipe = Recipe.load(recipe_path(args.recipe), out=args.out, init=args.init, steps=args.steps)
+    run_stage(recipe, resume=args.resume, stop_after=args.stop_after, device=args.device)
+    return 0

@@ -1,0 +1,47 @@
+"""Run one recipe stage: resolve where it starts (a fresh nano model or the previous stage's checkpoint) and
+hand it to the supervised trainer or to GRPO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from glmv.errors import ConfigError
+from glmv.train.recipe import Recipe
+
+
+def world_corpus(tasks: list[str], per_task: int) -> list[str]:
+    """Prompts and targets of the world's training samples: the text the nano tokenizer is trained on."""
+    from glmv.world import TASKS, sample
+
+    texts = []
+    for task in sorted(set(tasks) | set(TASKS)):
+        for i in range(per_task):
+            s = sample(task, "train", i)
+            texts += [s.prompt, s.target]
+    return texts
+
+
+def start_checkpoint(recipe: Recipe) -> Path:
+    if recipe.init != "scratch":
+        path = Path(recipe.init)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"recipe init {recipe.init!r} is not a checkpoint directory; run the previous stage first")
+        return path
+    from glmv.train.nano import create_nano_checkpoint
+
+    path = Path(recipe.out) / "init"
+    if not (path / "config.json").is_file():
+        create_nano_checkpoint(path, world_corpus(list(recipe.tasks), recipe.tokenizer_samples), recipe.vocab_size,
+                               recipe.max_pixels, recipe.seed, **recipe.model)
+    return path
+
+
+def run_stage(recipe: Recipe, resume: bool = False, stop_after: int | None = None, device: str = "cpu"):
+    start = start_checkpoint(recipe)
+    if recipe.stage == "rl":
+        from glmv.train.rl import GRPOTrainer
+
+        return GRPOTrainer(recipe, start, device=device).train(resume, stop_after)
+    from glmv.train.trainer import Trainer
+
+    return Trainer(recipe, start, device=device).train(resume, stop_after)
