@@ -5,13 +5,12 @@ The special tokens sit at scattered, non-GLM ids in reverse order, so code that 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tokenizers import Tokenizer
 
 from glmv.inputs.processor_config import write_processor_configs  # noqa: F401  (re-exported for tests)
-from glmv.train.tokenizer import ALL_SPECIAL, SPECIAL_TOKENS, TEXT_TOKENS, build_bpe_tokenizer, write_tokenizer
+from glmv.train.tokenizer import ALL_SPECIAL, build_bpe_tokenizer, write_tokenizer
 
 TINY_VOCAB_SIZE = 512
 

@@ -105,7 +105,7 @@ def test_three_turn_session_equals_from_scratch_and_reuses_cache(setup):
     vision = llm.engine.vision
     for turn in turns:
         messages.append(turn)
-        calls, items, prefill = vision.encoder_calls, vision.encoded_items, llm.engine.stats.prefill_tokens
+        items, prefill = vision.encoded_items, llm.engine.stats.prefill_tokens
         got = session.chat(messages, params, enable_thinking=False)
         session_items = vision.encoded_items - items
         session_prefill = llm.engine.stats.prefill_tokens - prefill

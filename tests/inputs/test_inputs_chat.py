@@ -10,7 +10,8 @@ import glmv
 from glmv.errors import CheckpointError
 from glmv.inputs.chat import ChatTemplate, load_chat_template, normalize_messages
 from glmv.inputs.tokenizer import Tokenizer
-from glmv.testing.tiny_tokenizer import SPECIAL_TOKENS, TEXT_TOKENS, TINY_VOCAB_SIZE, make_tiny_tokenizer
+from glmv.testing.tiny_tokenizer import TINY_VOCAB_SIZE, make_tiny_tokenizer
+from glmv.train.tokenizer import SPECIAL_TOKENS, TEXT_TOKENS
 
 DOG = [{"role": "user", "content": [{"type": "image", "image": "dog.jpg"},
                                     {"type": "text", "text": "What kind of dog is this?"}]}]

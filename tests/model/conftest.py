@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from glmv.testing.tiny_checkpoint import reference_config, reference_model
 
