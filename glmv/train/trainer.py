@@ -126,10 +126,10 @@ class Trainer:
             for micro in range(r.grad_accum):
                 batch = to_device(self.batch(step, micro), self.device)
                 with autocast:
-                    loss, n = token_loss(model, batch)
+                    loss, _ = token_loss(model, batch)
                 (loss / r.grad_accum).backward()
                 total += loss.item() / r.grad_accum
-                tokens += n
+                tokens += int(batch["attention_mask"].sum())  # all tokens processed, prompt and media included
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm))
             opt.step()
             sched.step()

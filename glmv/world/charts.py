@@ -1,0 +1,71 @@
+"""Bar and line charts drawn with PIL, with their data: chart -> JSON, value lookup, arithmetic comparisons."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import ImageDraw
+
+from glmv.world import scoring
+from glmv.world.core import register
+from glmv.world.draw import COLOURS, boxed, canvas, font
+
+LABELS = ("A", "B", "C", "D", "E")
+
+
+def chart(rng: np.random.Generator):
+    """A bar or line chart of 3-5 labelled integer values (1..9) with a value axis; returns (image, data)."""
+    n = int(rng.integers(3, 6))
+    data = {LABELS[i]: int(v) for i, v in enumerate(rng.integers(1, 10, n))}
+    w, h = 168, 140
+    img = canvas(rng, w, h)
+    d = ImageDraw.Draw(img)
+    left, bottom, top, right = 24, h - 20, 10, w - 6
+    f = font(0, 11)
+    for v in (0, 5, 10):  # axis ticks
+        y = bottom - (bottom - top) * v / 10
+        d.line((left - 3, y, right, y), fill=(200, 200, 200))
+        d.text((2, y - 6), str(v), fill=(60, 60, 60), font=f)
+    d.line((left, top, left, bottom), fill=(0, 0, 0))
+    slot = (right - left) / n
+    colour = list(COLOURS.values())[rng.integers(len(COLOURS))]
+    points = []
+    for i, (label, value) in enumerate(data.items()):
+        cx = left + slot * (i + 0.5)
+        y = bottom - (bottom - top) * value / 10
+        points.append((cx, y))
+        d.text((cx - 3, bottom + 3), label, fill=(0, 0, 0), font=f)
+    if rng.integers(2):
+        for cx, y in points:
+            d.rectangle((cx - slot * 0.3, y, cx + slot * 0.3, bottom), fill=colour)
+    else:
+        d.line(points, fill=colour, width=2)
+        for cx, y in points:
+            d.ellipse((cx - 3, y - 3, cx + 3, y + 3), fill=colour)
+    return img, data
+
+
+@register("chart_json", "charts", lambda out, s: scoring.json_f1(out, s.truth["data"]))
+def chart_json(rng):
+    img, data = chart(rng)
+    return dict(image=img, prompt="Convert the chart to JSON.", target=json.dumps(data, separators=(", ", ": ")),
+                truth={"data": data})
+
+
+@register("chart_value", "charts", lambda out, s: scoring.numeric(out, s.truth["answer"]))
+def chart_value(rng):
+    img, data = chart(rng)
+    label = list(data)[rng.integers(len(data))]
+    return dict(image=img, prompt=f"What is the value of {label}?", target=boxed(str(data[label])),
+                truth={"answer": data[label], "data": data})
+
+
+@register("chart_diff", "charts", lambda out, s: scoring.numeric(out, s.truth["answer"]), thinking=True)
+def chart_diff(rng):
+    img, data = chart(rng)
+    a, b = (list(data)[i] for i in rng.permutation(len(data))[:2])
+    diff = data[a] - data[b]
+    trace = f"{a} is {data[a]} and {b} is {data[b]}. {data[a]} - {data[b]} = {diff}."
+    return dict(image=img, prompt=f"How much larger is {a} than {b}?",
+                target=f"<think>{trace}</think>{boxed(str(diff))}", truth={"answer": diff, "trace": trace, "data": data})

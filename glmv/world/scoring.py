@@ -1,0 +1,116 @@
+"""Scorers and rewards for the world's tasks. Every scorer takes raw model output (reasoning, box tokens,
+code fences and all) and never raises: malformed output scores 0."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from glmv.engine.outputs import extract_answer, parse_boxes, parse_reasoning
+
+
+def answer_text(output: str) -> str:
+    """The answer part of an output: the last boxed answer if any, else the content after any reasoning."""
+    _, content = parse_reasoning(output)
+    boxed = extract_answer(content)
+    return (boxed if boxed is not None else content).strip()
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def exact(output: str, expected: str) -> float:
+    return float(answer_text(output) == expected)
+
+
+def text_match(output: str, expected: str) -> float:
+    """Case, punctuation and spacing insensitive."""
+    return float(normalise(answer_text(output)) == normalise(expected))
+
+
+def char_similarity(output: str, expected: str) -> float:
+    """1 - normalised edit distance: a dense reward for OCR-like answers."""
+    a, b = normalise(answer_text(output)), normalise(expected)
+    if not a and not b:
+        return 1.0
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return max(0.0, 1 - prev[-1] / max(len(a), len(b)))
+
+
+def number(output: str) -> float | None:
+    found = re.findall(r"-?\d+(?:\.\d+)?", answer_text(output))
+    return float(found[-1]) if found else None
+
+
+def numeric(output: str, expected: float, tolerance: float = 0.0) -> float:
+    value = number(output)
+    return float(value is not None and abs(value - expected) <= tolerance + 1e-9)
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def box_iou(output: str, expected: list[float]) -> float:
+    """IoU of the first box in the output (any bracket style, boxed or not) with the expected one."""
+    boxes = parse_boxes(output)
+    return iou(boxes[0], expected) if boxes else 0.0
+
+
+def parse_json(output: str) -> dict | list | None:
+    """The first JSON object/array in the output (code fences and surrounding text tolerated)."""
+    text = answer_text(output)
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        return None
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
+        return value
+    except json.JSONDecodeError:
+        return None
+
+
+def _flatten(value, prefix: str = "") -> set[tuple[str, str]]:
+    if isinstance(value, dict):
+        return {kv for k, v in value.items() for kv in _flatten(v, f"{prefix}{k}.")}
+    if isinstance(value, list):
+        return {kv for i, v in enumerate(value) for kv in _flatten(v, f"{prefix}{i}.")}
+    return {(prefix.rstrip("."), json.dumps(value))}
+
+
+def json_f1(output: str, expected: dict | list) -> float:
+    """Field-level F1: (path, value) pairs of the parsed output against those of the expected JSON."""
+    got = parse_json(output)
+    if got is None:
+        return 0.0
+    a, b = _flatten(got), _flatten(expected)
+    hits = len(a & b)
+    if not hits:
+        return 0.0
+    precision, recall = hits / len(a), hits / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+def sequence_items(output: str) -> list[str]:
+    return [normalise(x) for x in re.split(r",|;|\bthen\b|\n", answer_text(output)) if normalise(x)]
+
+
+def order_match(output: str, expected: list[str]) -> float:
+    """1 when the listed items are exactly the expected ones in the expected order."""
+    return float(sequence_items(output) == [normalise(x) for x in expected])
+
+
+def order_reward(output: str, expected: list[str]) -> float:
+    """Fraction of positions that hold the right item (partial credit for RL)."""
+    got, want = sequence_items(output), [normalise(x) for x in expected]
+    return sum(g == w for g, w in zip(got, want)) / max(len(want), len(got), 1)

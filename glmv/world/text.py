@@ -1,0 +1,64 @@
+"""Rendered text in several fonts, sizes, colours and small rotations, with noise: OCR of words and lines."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from glmv.world import scoring
+from glmv.world.core import register
+from glmv.world.draw import FONT_FILES, boxed, canvas, font
+
+WORDS = """apple river stone cloud green house light table water paper music night garden window bread
+chair dream field glass heart honey lemon money ocean plant queen radio smile storm tiger train truck voice
+watch world youth zebra amber badge cabin delta eagle fable giant hotel index jelly koala laser maple noble
+olive piano quiet robot salad tulip umbra vivid wagon xenon yacht zesty acorn blaze candy dance ember frost
+grape haven ivory joker karma lunar mango nylon orbit pearl quest raven solar toast unity velvet waltz
+yield zone bike cake door fish gold hill iron jazz kite lamp moon nest opal park quiz rose star tree vase
+wolf yarn blue code data echo film gate hand jump king leaf mind note open path ring ship time user view
+wave word yes no red box cat dog sun car map cup key pen hat bag egg ice jam kit log net owl pig rug
+sky toy van web""".split()
+
+
+def render_text(rng: np.random.Generator, text: str) -> Image.Image:
+    w, h = int(rng.choice((140, 168, 196))), int(rng.choice((56, 84, 112)))
+    img = canvas(rng, w, h)
+    size = int(rng.integers(16, 26))
+    f = font(int(rng.integers(len(FONT_FILES))), size)
+    layer = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(layer)
+    tw, th = d.textbbox((0, 0), text, font=f)[2:]
+    while tw > w - 8 and size > 9:  # shrink long lines until they fit
+        size -= 2
+        f = font(int(rng.integers(len(FONT_FILES))), size)
+        tw, th = d.textbbox((0, 0), text, font=f)[2:]
+    x = rng.uniform(2, max(3, w - tw - 2))
+    y = rng.uniform(2, max(3, h - th - 2))
+    d.text((x, y), text, fill=255, font=f)
+    layer = layer.rotate(float(rng.uniform(-8, 8)), resample=Image.Resampling.BICUBIC, center=(x + tw / 2, y + th / 2))
+    ink = tuple(int(c) for c in rng.integers(0, 90, 3))
+    img.paste(Image.new("RGB", (w, h), ink), (0, 0), layer)
+    arr = np.asarray(img).astype(np.float32) + rng.normal(0, float(rng.uniform(0, 10)), (h, w, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _word(rng) -> str:
+    word = WORDS[rng.integers(len(WORDS))]
+    style = rng.integers(3)
+    return word.upper() if style == 1 else word.capitalize() if style == 2 else word
+
+
+@register("ocr", "text", lambda out, s: scoring.exact(out, s.truth["text"]),
+          lambda out, s: scoring.char_similarity(out, s.truth["text"]))
+def ocr(rng):
+    word = _word(rng)
+    return dict(image=render_text(rng, word), prompt="What is written in the image?", target=boxed(word),
+                truth={"text": word})
+
+
+@register("ocr_line", "text", lambda out, s: scoring.exact(out, s.truth["text"]),
+          lambda out, s: scoring.char_similarity(out, s.truth["text"]))
+def ocr_line(rng):
+    line = " ".join(_word(rng) for _ in range(int(rng.integers(2, 4))))
+    return dict(image=render_text(rng, line), prompt="Read the text in the image.", target=boxed(line),
+                truth={"text": line})
