@@ -59,16 +59,17 @@ class Experts(nn.Module):
         order = flat.argsort(stable=True)
         counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
         tokens = order // k  # token of each sorted (token, slot) pair
-        xs = x[tokens]  # [T*k, H], grouped by expert
-        out = torch.empty_like(xs)
-        start = 0
-        for e, n in enumerate(counts):  # one contiguous slice per expert that received tokens
-            if n == 0:
-                continue
-            gate, up = F.linear(xs[start : start + n], self.gate_up_proj[e]).chunk(2, dim=-1)
-            out[start : start + n] = F.linear(self.act(gate) * up, self.down_proj[e])
-            start += n
-        out = out * weights.flatten()[order, None].to(out.dtype)
+        xs = x[tokens].split(counts)  # [T*k, H] grouped by expert: one contiguous slice per expert
+        # unbind once: indexing the stacked parameter per expert would make autograd allocate (and zero) a
+        # full-size gradient for every expert; unbind's backward assembles them in one tensor
+        gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+        outs = []
+        for e, chunk in enumerate(xs):
+            if chunk.shape[0]:  # experts that received no token cost nothing
+                gate, up = F.linear(chunk, gate_up[e]).chunk(2, dim=-1)
+                outs.append(F.linear(self.act(gate) * up, down[e]))
+        # cat (not writes into a preallocated buffer) keeps the backward pass free of full-size zero fills
+        out = torch.cat(outs) * weights.flatten()[order, None].to(x.dtype)
         return torch.zeros_like(x).index_add_(0, tokens, out)
 
 

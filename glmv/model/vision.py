@@ -38,15 +38,14 @@ class VisionAttention(nn.Module):
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, -1).unbind(1)  # each [N, H, D]
         q, k = apply_vision_rotary(q, cos, sin), apply_vision_rotary(k, cos, sin)
-        out = torch.empty_like(q)
         # Items of equal length (all frames of a video, same-size images) go through SDPA as one batch.
-        start = 0
+        outs, start = [], 0
         for length, count in _runs(seqlens):
             end = start + length * count
             qs, ks, vs = (t[start:end].view(count, length, self.num_heads, -1).transpose(1, 2) for t in (q, k, v))
-            out[start:end] = F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2).reshape(end - start, *q.shape[1:])
+            outs.append(F.scaled_dot_product_attention(qs, ks, vs).transpose(1, 2).reshape(end - start, -1))
             start = end
-        return self.proj(out.reshape(n, -1))
+        return self.proj(torch.cat(outs))
 
 
 def _runs(seqlens: list[int]) -> list[tuple[int, int]]:
