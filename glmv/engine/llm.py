@@ -163,9 +163,13 @@ class LLM:
             reasoning, content = parse_reasoning(text)
             boxes = parse_boxes(content)
             size = req.images[0].original_size if req.images else None
+            stop_reason = req.stops[k].matched
+            if stop_reason is None and seq.finish_reason == "stop" and seq.output_ids:
+                stop_reason = seq.output_ids[-1]  # the stop / eos token
             outputs.append(CompletionOutput(
                 index=k, text=text, token_ids=list(seq.output_ids), finish_reason=seq.finish_reason,
-                logprobs=seq.logprobs or None, reasoning=reasoning, answer=extract_answer(content),
+                stop_reason=stop_reason, logprobs=seq.logprobs if seq.params.logprobs is not None else None,
+                reasoning=reasoning, answer=extract_answer(content),
                 boxes=boxes_to_pixels(boxes, *size) if size and boxes else boxes,
             ))
         n_out = sum(len(s.output_ids) for s in req.seqs)

@@ -11,24 +11,34 @@ from dataclasses import dataclass, field
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 BOX_OPEN, BOX_CLOSE = "<|begin_of_box|>", "<|end_of_box|>"
-_NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
+_NUM = r"\s*(-?(?:\d+(?:\.\d*)?|\.\d+))\s*"
 _BOX = re.compile(r"[\[\(<]" + ",".join([_NUM] * 4) + r"[\]\)>]")
 
 
 @dataclass
 class CompletionOutput:
+    """One sample of a request, as vLLM shapes it, plus GLM-V's reasoning / boxed answer / boxes."""
+
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str | None  # "stop" (eos, stop token or stop string), "length", "abort"
-    logprobs: list[dict[int, float]] | None = None
+    finish_reason: str | None  # "stop" (eos, stop token or stop string), "length", "abort"; None while running
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it; None for eos/length
+    logprobs: list[dict[int, float]] | None = None  # per generated token: {token id: logprob}
+    cumulative_logprob: float | None = None  # sum of the chosen tokens' logprobs; filled in from logprobs
     reasoning: str | None = None  # the <think> content; None when the model did not think
     answer: str | None = None  # the last boxed answer, if any
     boxes: list[list[float]] = field(default_factory=list)  # in pixels of the first image when there is one
 
+    def __post_init__(self) -> None:
+        if self.cumulative_logprob is None and self.logprobs:
+            self.cumulative_logprob = sum(lp[t] for lp, t in zip(self.logprobs, self.token_ids))
+
 
 @dataclass
 class RequestOutput:
+    """A request's samples, with the prompt and token usage (vLLM's shape)."""
+
     request_id: str
     prompt: str
     prompt_token_ids: list[int]
@@ -43,21 +53,29 @@ class RequestOutput:
                 "total_tokens": self.prompt_tokens + self.completion_tokens}
 
 
-def parse_reasoning(text: str) -> tuple[str | None, str]:
-    """Split `text` into (reasoning, content). No think tags: (None, text). An unclosed <think>: everything after
-    it is reasoning and the content is empty. A lone </think> (the prompt opened the block): what precedes it is
-    reasoning. Empty <think></think> gives reasoning "" (thinking was switched off)."""
-    open_at = text.find(THINK_OPEN)
-    close_at = text.find(THINK_CLOSE, open_at + len(THINK_OPEN) if open_at >= 0 else 0)
-    if open_at < 0 and close_at < 0:
-        return None, text.strip()
-    if open_at < 0:
-        return text[:close_at].strip(), text[close_at + len(THINK_CLOSE) :].strip()
-    before = text[:open_at]
+def parse_reasoning(text: str, in_think: bool = False) -> tuple[str | None, str]:
+    """Split a completion into (reasoning, content).
+
+    reasoning: what lies between the first <think> and the first </think> after it, stripped; None when there is
+    no <think> block; "" for an empty block (<think></think>: thinking was switched off); everything after
+    <think> when the block is never closed (the content is then only what came before it).
+    content: the text outside the block, with the leading whitespace of the completion and of the part after
+    </think> removed (the model writes "\n" after </think>); later tags are left in the content as they are.
+    in_think: the prompt already opened the block, so the text starts inside it.
+    ReasoningStreamParser gives the same split, delta by delta.
+    """
+    if in_think:
+        before, rest = "", THINK_OPEN + text
+    else:
+        open_at = text.find(THINK_OPEN)
+        if open_at < 0:
+            return None, text.lstrip()
+        before, rest = text[:open_at], text[open_at:]
+    rest = rest[len(THINK_OPEN) :]
+    close_at = rest.find(THINK_CLOSE)
     if close_at < 0:
-        return text[open_at + len(THINK_OPEN) :].strip(), before.strip()
-    reasoning = text[open_at + len(THINK_OPEN) : close_at]
-    return reasoning.strip(), (before + text[close_at + len(THINK_CLOSE) :]).strip()
+        return rest.strip(), before.lstrip()
+    return rest[:close_at].strip(), before.lstrip() + rest[close_at + len(THINK_CLOSE) :].lstrip()
 
 
 def extract_answer(content: str) -> str | None:
@@ -91,26 +109,53 @@ def boxes_to_pixels(boxes: list[list[float]], width: int, height: int) -> list[l
 
 
 class ReasoningStreamParser:
-    """Split streamed text into (reasoning, content) deltas; the tags may arrive split across deltas."""
+    """parse_reasoning for streamed text: feed() the deltas, get (reasoning delta, content delta) back.
+
+    A tag split across deltas is recognised: text that could be the start of the next tag is held back until
+    the following delta (or `final`) decides. The concatenated deltas equal parse_reasoning(full text,
+    in_think), with reasoning None shown as "".
+    """
 
     def __init__(self, in_think: bool = False):
-        self.in_think = in_think  # True when the prompt itself opened <think>
-        self.pending = ""
+        self.state = "think" if in_think else "before"  # "before" -> "think" -> "after"
+        self.pending = ""  # raw text that may be the start of a tag
+        self.reasoning_ws = ""  # trailing whitespace of the reasoning so far: dropped if the block ends here
+        self.strip_reasoning = True  # the next reasoning text starts the block: drop its leading whitespace
+        self.strip_content = True  # the next content text starts the completion or follows </think>
 
     def feed(self, delta: str, final: bool = False) -> tuple[str, str]:
-        """-> (reasoning delta, content delta); with `final`, nothing is held back."""
-        self.pending += delta
-        parts: dict[bool, list[str]] = {True: [], False: []}
-        while True:
-            tag = THINK_CLOSE if self.in_think else THINK_OPEN
-            at = self.pending.find(tag)
+        """-> (reasoning delta, content delta); with `final` (no more text will come), nothing is held back."""
+        text, self.pending = self.pending + delta, ""
+        reasoning, content = [], []
+        while self.state != "after":
+            tag = THINK_CLOSE if self.state == "think" else THINK_OPEN
+            at = text.find(tag)
             if at < 0:
+                keep = 0 if final else next((k for k in range(len(tag) - 1, 0, -1) if text.endswith(tag[:k])), 0)
+                text, self.pending = text[: len(text) - keep], text[len(text) - keep :]
                 break
-            parts[self.in_think].append(self.pending[:at])
-            self.pending = self.pending[at + len(tag) :]
-            self.in_think = not self.in_think
-        # hold back a tail that could be the beginning of the next tag
-        keep = 0 if final else next((k for k in range(len(tag) - 1, 0, -1) if self.pending.endswith(tag[:k])), 0)
-        parts[self.in_think].append(self.pending[: len(self.pending) - keep])
-        self.pending = self.pending[len(self.pending) - keep :]
-        return "".join(parts[True]), "".join(parts[False])
+            if self.state == "think":
+                reasoning.append(self._reasoning(text[:at]))
+                self.reasoning_ws, self.strip_content, self.state = "", True, "after"
+            else:
+                content.append(self._content(text[:at]))
+                self.state = "think"
+            text = text[at + len(tag) :]
+        (reasoning if self.state == "think" else content).append(
+            self._reasoning(text) if self.state == "think" else self._content(text))
+        return "".join(reasoning), "".join(content)
+
+    def _reasoning(self, text: str) -> str:
+        if self.strip_reasoning:
+            text = text.lstrip()
+            self.strip_reasoning = not text
+        text = self.reasoning_ws + text
+        body = text.rstrip()
+        self.reasoning_ws = text[len(body) :]
+        return body
+
+    def _content(self, text: str) -> str:
+        if self.strip_content:
+            text = text.lstrip()
+            self.strip_content = not text
+        return text
