@@ -7,14 +7,13 @@ batch 1 and 8 (greedy, fixed lengths). Prints both and the ratio (>1: glmv faste
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import torch
 
 from glmv import LLM, SamplingParams
 from glmv.testing.tiny_checkpoint import make_tiny_model_dir
+from glmv.timing import median_time
 
 TEXT = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
             head_dim=32, moe_intermediate_size=128, n_routed_experts=32, num_experts_per_tok=4,
@@ -23,14 +22,6 @@ TEXT = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_att
 VISION = dict(depth=4, hidden_size=128, num_heads=4, intermediate_size=512, out_hidden_size=256)
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:

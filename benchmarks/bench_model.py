@@ -9,17 +9,21 @@ peak RSS growth while loading relative to the model's size in bytes.
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
 import glmv
-from glmv.testing.prompts import image_tokens, mm_token_types, random_pixels, random_text
+from glmv.testing.prompts import (
+    image_tokens,
+    mm_token_types,
+    random_pixels,
+    random_text,
+)
 from glmv.testing.tiny_checkpoint import reference_config, reference_model
+from glmv.timing import median_time
 
 TEXT = dict(vocab_size=8192, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
             num_key_value_heads=2, head_dim=32, moe_intermediate_size=128, n_routed_experts=32, num_experts_per_tok=4,
@@ -28,14 +32,6 @@ TEXT = dict(vocab_size=8192, hidden_size=256, intermediate_size=512, num_hidden_
 VISION = dict(depth=4, hidden_size=128, num_heads=4, intermediate_size=512, out_hidden_size=256)
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -69,7 +65,7 @@ def main() -> None:
     print(f"{'case':34} {'transformers s':>15} {'glmv s':>10} {'ratio':>7}")
     with torch.inference_mode():
         for name, a, b in rows:
-            ta, tb = timed(a, args.repeats), timed(b, args.repeats)
+            ta, tb = median_time(a, args.repeats), median_time(b, args.repeats)
             print(f"{name:34} {ta:15.4f} {tb:10.4f} {ta / tb:7.2f}x")
 
     script = ("import sys,glmv,glmv.weights;from glmv.testing.memory import peak,reset_peak,warm_up_model_code;"

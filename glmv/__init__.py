@@ -9,7 +9,14 @@ Public API (imported lazily so ``import glmv`` stays cheap):
 
 from importlib import import_module
 
-from glmv.errors import CheckpointError, ConfigError, ContextLengthError, GlmvError, InputError, MediaTooLargeError
+from glmv.errors import (
+    CheckpointError,
+    ConfigError,
+    ContextLengthError,
+    GlmvError,
+    InputError,
+    MediaTooLargeError,
+)
 
 __version__ = "0.1.0"
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 from glmv.commands._common import add_model_args, load_llm
+from glmv.timing import median_time
 
 
 def register(subparsers) -> None:
@@ -24,14 +23,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,16 +44,16 @@ def run(args: argparse.Namespace) -> int:
     def vision():
         with torch.inference_mode():
             llm.model.encode_images(feats.pixel_values.to(llm.model.device), torch.tensor([feats.grid_thw]))
-    results["vision_ms_per_image"] = 1000 * _median_time(vision, args.repeats)
+    results["vision_ms_per_image"] = 1000 * median_time(vision, args.repeats)
     results["image_tokens"] = feats.num_tokens
 
     one = SamplingParams(temperature=0, max_tokens=1)
-    t = _median_time(lambda: llm.generate([prompt], one), args.repeats)
+    t = median_time(lambda: llm.generate([prompt], one), args.repeats)
     results["prefill_tokens_per_s"] = args.prompt_tokens / t
     for b in args.batch or [1, 8]:
         params = SamplingParams(temperature=0, max_tokens=args.decode_tokens, ignore_eos=True)
-        full = _median_time(lambda: llm.generate([prompt] * b, params), args.repeats)
-        first = _median_time(lambda: llm.generate([prompt] * b, one), args.repeats)
+        full = median_time(lambda: llm.generate([prompt] * b, params), args.repeats)
+        first = median_time(lambda: llm.generate([prompt] * b, one), args.repeats)
         results[f"decode_tokens_per_s_batch{b}"] = b * (args.decode_tokens - 1) / max(full - first, 1e-9)
     if args.json:
         print(json.dumps(results, indent=2))

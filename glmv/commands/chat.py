@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from glmv.commands._common import add_model_args, add_sampling_args, load_llm, sampling_params, user_message
+from glmv.commands._common import (
+    add_model_args,
+    add_sampling_args,
+    load_llm,
+    sampling_params,
+    user_message,
+)
 from glmv.errors import GlmvError
 
 HELP = """commands:

@@ -6,7 +6,13 @@ import argparse
 import json
 import sys
 
-from glmv.commands._common import add_model_args, add_sampling_args, load_llm, sampling_params, user_message
+from glmv.commands._common import (
+    add_model_args,
+    add_sampling_args,
+    load_llm,
+    sampling_params,
+    user_message,
+)
 
 
 def register(subparsers) -> None:

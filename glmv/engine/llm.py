@@ -20,7 +20,14 @@ import torch
 
 from glmv.engine.detokenizer import IncrementalDetokenizer
 from glmv.engine.engine import Engine, Sequence
-from glmv.engine.outputs import CompletionOutput, RequestOutput, boxes_to_pixels, extract_answer, parse_boxes, parse_reasoning
+from glmv.engine.outputs import (
+    CompletionOutput,
+    RequestOutput,
+    boxes_to_pixels,
+    extract_answer,
+    parse_boxes,
+    parse_reasoning,
+)
 from glmv.engine.sampling import SamplingParams
 from glmv.engine.session import ChatSession
 from glmv.engine.stop import StopMatcher

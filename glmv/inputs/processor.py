@@ -13,7 +13,12 @@ import numpy as np
 import torch
 
 from glmv.errors import InputError, MediaTooLargeError
-from glmv.inputs.chat import ChatTemplate, MediaRef, load_chat_template, normalize_messages
+from glmv.inputs.chat import (
+    ChatTemplate,
+    MediaRef,
+    load_chat_template,
+    normalize_messages,
+)
 from glmv.inputs.image import ImageFeatures, VisionConfig, process_image
 from glmv.inputs.limits import MediaLimits
 from glmv.inputs.media import VideoInfo, decode_video, frames_to_array, load_image

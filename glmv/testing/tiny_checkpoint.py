@@ -85,7 +85,11 @@ def make_tiny_model_dir(path: str | Path, model_type: str = "glm4v_moe", seed: i
     small pixel budgets, and a checkpoint whose special ids and vocabulary match the tokenizer."""
     import json
 
-    from glmv.testing.tiny_tokenizer import TINY_VOCAB_SIZE, make_tiny_tokenizer, write_processor_configs
+    from glmv.testing.tiny_tokenizer import (
+        TINY_VOCAB_SIZE,
+        make_tiny_tokenizer,
+        write_processor_configs,
+    )
 
     path = Path(path)
     ids = make_tiny_tokenizer(path)

@@ -61,3 +61,21 @@ def latest_checkpoint(out: Path) -> Path | None:
 def prune_checkpoints(out: Path, keep: int) -> None:
     for old in sorted(Path(out).glob("checkpoint-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def save_training(model, side_files_from: Path, out: Path, step: int, opt, sched, keep: int, **extra) -> None:
+    """checkpoint-{step}: model + optimizer/scheduler/RNG state (+ `extra`), keeping the newest `keep`."""
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(), "step": step, **extra}
+    save_checkpoint(model, side_files_from, Path(out) / f"checkpoint-{step:06d}", state)
+    prune_checkpoints(out, keep)
+
+
+def restore_training(start_dir: Path | None, opt, sched) -> dict:
+    """Load optimizer/scheduler/RNG from a checkpoint written by save_training; returns its state ({} if none)."""
+    if start_dir is None:
+        return {}
+    state = torch.load(Path(start_dir) / STATE, weights_only=False)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return state

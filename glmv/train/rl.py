@@ -23,8 +23,12 @@ from tqdm.auto import tqdm
 
 from glmv.engine.llm import LLM
 from glmv.engine.sampling import SamplingParams
-from glmv.train.checkpoint import (STATE, latest_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
-                                   set_rng_state)
+from glmv.train.checkpoint import (
+    latest_checkpoint,
+    restore_training,
+    save_checkpoint,
+    save_training,
+)
 from glmv.train.data import Example, Mixture, collate
 from glmv.train.recipe import Recipe
 from glmv.train.trainer import balance_routers, lr_lambda, to_device
@@ -110,14 +114,9 @@ class GRPOTrainer:
         opt = torch.optim.AdamW(policy.parameters(), lr=r.lr, betas=(0.9, 0.95), weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(r))
         curriculum = Curriculum(self.mixture.tasks)
-        step = 0
-        if start_dir is not None:
-            state = torch.load(start_dir / STATE, weights_only=False)
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            curriculum.rate = state["curriculum"]
-            step = state["step"]
+        state = restore_training(start_dir, opt, sched)
+        step = state.get("step", 0)
+        curriculum.rate = state.get("curriculum", curriculum.rate)
         pad = llm.tokenizer.pad_token_id
         history = []
         log = open(self.out / "log.jsonl", "a")
@@ -173,10 +172,8 @@ class GRPOTrainer:
             bar.update(1)
             bar.set_postfix(reward=f"{stats['reward']:.3f}")
             if step % r.save_every == 0 or step == end:
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
-                         "step": step, "curriculum": curriculum.rate}
-                save_checkpoint(policy, self.model_dir, self.out / f"checkpoint-{step:06d}", state)
-                prune_checkpoints(self.out, r.keep_checkpoints)
+                save_training(policy, self.model_dir, self.out, step, opt, sched, r.keep_checkpoints,
+                              curriculum=curriculum.rate)
         bar.close()
         log.close()
         if step == r.steps:

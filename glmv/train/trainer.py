@@ -23,8 +23,12 @@ from tqdm.auto import tqdm
 from glmv.inputs.processor import Processor
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model.moe import Router
-from glmv.train.checkpoint import (STATE, latest_checkpoint, prune_checkpoints, rng_state, save_checkpoint,
-                                   set_rng_state)
+from glmv.train.checkpoint import (
+    latest_checkpoint,
+    restore_training,
+    save_checkpoint,
+    save_training,
+)
 from glmv.train.data import IGNORE, Example, Mixture, collate, encode_example
 from glmv.train.recipe import Recipe
 from glmv.weights import load_model
@@ -107,13 +111,7 @@ class Trainer:
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=r.lr, betas=(0.9, 0.95))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(r))
-        step = 0
-        if start_dir is not None:
-            state = torch.load(start_dir / STATE, weights_only=False)
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            step = state["step"]
+        step = restore_training(start_dir, opt, sched).get("step", 0)
         losses = []
         log = open(self.out / "log.jsonl", "a")
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -146,10 +144,7 @@ class Trainer:
                 log.flush()
                 tokens, t0 = 0, time.perf_counter()
             if step % r.save_every == 0 or step == end:
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
-                         "step": step}
-                save_checkpoint(model, self.model_dir, self.out / f"checkpoint-{step:06d}", state)
-                prune_checkpoints(self.out, r.keep_checkpoints)
+                save_training(model, self.model_dir, self.out, step, opt, sched, r.keep_checkpoints)
         bar.close()
         log.close()
         if step == r.steps:

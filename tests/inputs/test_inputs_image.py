@@ -22,7 +22,9 @@ SIZES = [(3, 5), (1, 1), (27, 27), (28, 28), (29, 57), (56, 84), (100, 100), (22
 
 @pytest.fixture(scope="module")
 def reference():
-    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+    from transformers.models.glm4v.image_processing_pil_glm4v import (
+        Glm4vImageProcessorPil,
+    )
 
     return Glm4vImageProcessorPil(size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS})
 
@@ -50,7 +52,9 @@ def test_multiple_images_concatenate_like_reference(reference):
 
 
 def test_smart_resize_matches_reference_on_real_budgets():
-    from transformers.models.glm4v.image_processing_pil_glm4v import smart_resize as ref_resize
+    from transformers.models.glm4v.image_processing_pil_glm4v import (
+        smart_resize as ref_resize,
+    )
 
     for h, w in [(4000, 6000), (1080, 1920), (100, 100), (3, 500), (12345, 67), (28, 5599)]:
         for frames in (2, 3, 16, 600):

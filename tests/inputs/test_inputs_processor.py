@@ -26,7 +26,9 @@ def reference(processor):
     torchvision video processor), with the PIL image processor configured like the tiny checkpoint."""
     from types import SimpleNamespace
 
-    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+    from transformers.models.glm4v.image_processing_pil_glm4v import (
+        Glm4vImageProcessorPil,
+    )
     from transformers.models.glm4v.processing_glm4v import Glm4vProcessor
     from transformers.models.glm4v.video_processing_glm4v import Glm4vVideoProcessor
 

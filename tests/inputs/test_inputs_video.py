@@ -19,7 +19,13 @@ import torch
 
 from glmv.inputs.image import VisionConfig
 from glmv.inputs.media import VideoInfo, decode_video
-from glmv.inputs.video import VideoConfig, process_video, sample_glm4v, sample_glm46v, sample_indices
+from glmv.inputs.video import (
+    VideoConfig,
+    process_video,
+    sample_glm4v,
+    sample_glm46v,
+    sample_indices,
+)
 
 VIDEO_VISION = VisionConfig(min_pixels=2 * 28 * 28, max_pixels=2 * 28 * 28 * 64)
 
@@ -72,8 +78,12 @@ def test_decode_and_process_match_reference(num_frames, fps, codec, container, r
                                             video_tools):
     from transformers.image_processing_backends import PilBackend
     from transformers.image_utils import SizeDict
-    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
-    from transformers.models.glm4v.video_processing_glm4v import smart_resize as ref_smart_resize
+    from transformers.models.glm4v.image_processing_pil_glm4v import (
+        Glm4vImageProcessorPil,
+    )
+    from transformers.models.glm4v.video_processing_glm4v import (
+        smart_resize as ref_smart_resize,
+    )
     from transformers.video_utils import read_video_pyav
 
     path = tmp_path / f"v.{container}"

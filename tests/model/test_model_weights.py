@@ -14,7 +14,12 @@ from safetensors.torch import load_file, save_file
 
 import glmv
 from glmv.errors import CheckpointError
-from glmv.testing.prompts import image_tokens, mm_token_types, random_pixels, random_text
+from glmv.testing.prompts import (
+    image_tokens,
+    mm_token_types,
+    random_pixels,
+    random_text,
+)
 
 
 def prompt():

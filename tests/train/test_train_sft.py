@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 import glmv
+from glmv.testing.tiny_checkpoint import make_tiny_model_dir
 from glmv.train.data import IGNORE, encode_example
 from glmv.train.recipe import Recipe
 from glmv.train.trainer import Trainer
-from glmv.testing.tiny_checkpoint import make_tiny_model_dir
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
