@@ -98,14 +98,21 @@ class AsyncEngine:
                      tools: list[dict] | None = None, **template_kwargs: Any) -> Handle:
         """Prepare (in the media pool) and enqueue one conversation. Raises QueueFullError at once when the
         queue is full, and InputError/ContextLengthError for bad input, before anything is queued."""
+        return await self._enqueue(
+            lambda: self.llm.prepare_chat([messages], params, enable_thinking, tools, **template_kwargs)[0])
+
+    async def submit_prompt(self, prompt: str | list[int], params: SamplingParams) -> Handle:
+        """Enqueue an already formatted text prompt (or token ids): no chat template, no media."""
+        return await self._enqueue(lambda: self.llm.prepare_prompt(prompt, params))
+
+    async def _enqueue(self, prepare) -> Handle:
         with self.lock:
             if self.queue_depth >= self.max_queue:
                 raise QueueFullError(f"the server is busy ({self.queue_depth} requests waiting); retry shortly")
             self.preparing += 1
         loop = asyncio.get_running_loop()
         try:
-            request = await loop.run_in_executor(
-                self.pool, lambda: self._prepare(messages, params, enable_thinking, tools, template_kwargs))
+            request = await loop.run_in_executor(self.pool, lambda: self._checked(prepare()))
         finally:
             with self.lock:
                 self.preparing -= 1
@@ -115,8 +122,7 @@ class AsyncEngine:
             self.wake.notify()
         return handle
 
-    def _prepare(self, messages, params, enable_thinking, tools, template_kwargs) -> Request:
-        request = self.llm.prepare_chat([messages], params, enable_thinking, tools, **template_kwargs)[0]
+    def _checked(self, request: Request) -> Request:
         for seq in request.seqs:
             self.llm.engine.check_length(seq)  # context errors surface to this caller, not in the loop
         return request

@@ -87,6 +87,8 @@ class LLM:
                  device: str | torch.device = "cpu", limits: MediaLimits | None = None,
                  max_model_len: int | None = None, progress: bool = True):
         path = resolve_model_path(model)
+        if dtype is None and torch.device(device).type == "cpu":
+            dtype = torch.float32  # CPUs compute bf16 slowly and coarsely: upcast, as llama.cpp/Ollama do
         self._setup(path, load_model(path, dtype=dtype, device=device, progress=progress),
                     Processor.from_pretrained(path, limits), max_model_len)
 
@@ -214,22 +216,22 @@ class LLM:
         params = sampling_params or self.default_sampling_params()
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        reqs = []
-        for p in prompts:
-            if isinstance(p, dict):
-                if "prompt_token_ids" in p:
-                    p = list(p["prompt_token_ids"])
-                elif "prompt" in p:
-                    p = p["prompt"]
-                else:
-                    raise InputError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
-            if isinstance(p, str):
-                reqs.append(self._request(p, self.tokenizer.encode(p), params))
-            elif isinstance(p, list) and all(isinstance(t, int) for t in p):
-                reqs.append(self._request(self.tokenizer.decode(p), p, params))
+        return self.run_requests([self.prepare_prompt(p, params) for p in prompts])
+
+    def prepare_prompt(self, prompt: str | list[int] | dict, params: SamplingParams) -> Request:
+        """A request for an already formatted prompt: text, token ids, or {"prompt" | "prompt_token_ids": ...}."""
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                prompt = list(prompt["prompt_token_ids"])
+            elif "prompt" in prompt:
+                prompt = prompt["prompt"]
             else:
-                raise InputError(f"unsupported prompt of type {type(p).__name__}: give a string or a list of token ids")
-        return self.run_requests(reqs)
+                raise InputError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
+        if isinstance(prompt, str):
+            return self._request(prompt, self.tokenizer.encode(prompt), params)
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return self._request(self.tokenizer.decode(prompt), prompt, params)
+        raise InputError(f"unsupported prompt of type {type(prompt).__name__}: give a string or a list of token ids")
 
     def start_chat(self) -> ChatSession:
         """A conversation that keeps its KV cache and image embeddings between turns."""

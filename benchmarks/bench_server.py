@@ -1,0 +1,129 @@
+"""Server overhead: requests/s and time to first token at concurrency 1, 8 and 32, through `glmv serve` (HTTP +
+SSE on loopback, a separate process) vs the same AsyncEngine called directly in this process, on a tiny model.
+
+    python benchmarks/bench_server.py [--threads 2] [--tokens 16] [--rounds 3] [--device cpu]
+
+Both sides serve the same checkpoint with the same batch size. Rounds alternate direct / server so that a busy
+machine slows both alike; the medians are printed. Ratios are server / direct: requests/s below 1 and time to
+first token above 1 are what HTTP, JSON and SSE cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+from glmv import LLM, SamplingParams
+from glmv.engine.async_engine import AsyncEngine
+from glmv.testing.server import LOOPBACK, serve_process
+from glmv.testing.tiny_checkpoint import make_tiny_model_dir
+
+LEVELS = (1, 8, 32)
+
+
+def messages(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Request {i}: describe the picture in a few words."}]
+
+
+async def run_level(one, concurrency: int, total: int) -> tuple[float, float]:
+    """(requests/s, median time to first token in s) for `total` requests, `concurrency` at a time."""
+    gate = asyncio.Semaphore(concurrency)
+    ttfts = []
+
+    async def guarded(i: int) -> None:
+        async with gate:
+            ttfts.append(await one(i))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(guarded(i) for i in range(total)))
+    return total / (time.perf_counter() - start), statistics.median(ttfts)
+
+
+def direct_request(engine: AsyncEngine, params: SamplingParams):
+    async def one(i: int) -> float:
+        start = time.perf_counter()
+        first = None
+        async for _ in await engine.submit(messages(i), params):
+            first = first or time.perf_counter() - start
+        return first
+
+    return one
+
+
+def server_request(port: int, tokens: int):
+    """One streamed chat request over a bare asyncio connection. A full HTTP client (httpx) spends more CPU per
+    SSE chunk than the server does; on a small machine it would dominate what this benchmark means to measure."""
+    async def one(i: int) -> float:
+        body = json.dumps({"model": "model", "temperature": 0, "max_tokens": tokens, "ignore_eos": True,
+                           "stream": True, "messages": messages(i)}).encode()
+        start = time.perf_counter()
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (LOOPBACK.encode(), len(body), body))
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(f"server answered {status!r}")
+        first, chunks = None, 0
+        while line := await reader.readline():
+            if line.startswith(b"data: {"):
+                chunks += 1
+                if chunks == 2:  # the first chunk only announces the role; the second carries the first token
+                    first = time.perf_counter() - start
+        writer.close()
+        return first
+
+    return one
+
+
+async def measure(llm: LLM, port: int, args) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    params = SamplingParams(temperature=0, max_tokens=args.tokens, ignore_eos=True)
+    engine = AsyncEngine(llm, max_queue=1024, max_batch=max(LEVELS))
+    results = {"direct": {c: [] for c in LEVELS}, "server": {c: [] for c in LEVELS}}
+    try:
+        sides = {"direct": direct_request(engine, params), "server": server_request(port, args.tokens)}
+        for one in sides.values():  # warm-up: first calls of each shape are slow
+            await run_level(one, 8, 8)
+        for _ in range(args.rounds):
+            for c in LEVELS:
+                for side, one in sides.items():
+                    results[side][c].append(await run_level(one, c, max(8, 2 * c)))
+    finally:
+        engine.shutdown()
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=16, help="tokens generated per request")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server process gets the same thread count
+
+    path = make_tiny_model_dir(os.path.join(tempfile.mkdtemp(), "model"))
+    llm = LLM(path, device=args.device, progress=False)
+    with serve_process(path, "--device", args.device, "--max-batch", str(max(LEVELS)), "--max-queue", "1024") as server:
+        results = asyncio.run(measure(llm, int(server.url.rsplit(":", 1)[1]), args))
+
+    print(f"tiny glm4v_moe on {args.device}, {args.tokens} tokens per request, batch up to {max(LEVELS)}, "
+          f"{args.threads} threads, median of {args.rounds} rounds")
+    print(f"{'concurrency':>11} {'direct req/s':>13} {'server req/s':>13} {'ratio':>6}   "
+          f"{'direct TTFT ms':>14} {'server TTFT ms':>14} {'ratio':>6}")
+    for c in LEVELS:
+        d_rps, d_ttft = (statistics.median(v) for v in zip(*results["direct"][c]))
+        s_rps, s_ttft = (statistics.median(v) for v in zip(*results["server"][c]))
+        print(f"{c:>11} {d_rps:13.2f} {s_rps:13.2f} {s_rps / d_rps:5.2f}x   "
+              f"{d_ttft * 1e3:14.1f} {s_ttft * 1e3:14.1f} {s_ttft / d_ttft:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

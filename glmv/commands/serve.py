@@ -1,0 +1,70 @@
+"""`glmv serve`: the OpenAI-compatible HTTP API and the web chat page for one model."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+
+from glmv.commands._common import add_model_args
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API with a web chat page",
+        description="Serve /v1/chat/completions, /v1/completions, /v1/models, /health, /metrics and a chat page "
+                    "at /.\n\nexample: glmv serve --model PATH --port 8000 --api-key secret",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("GLMV_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $GLMV_API_KEY, which keeps it out of ps)")
+    p.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
+    p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the checkpoint's)")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 (default 64)")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
+    p.add_argument("--media-workers", type=int, default=2, help="threads loading media (default 2)")
+    p.add_argument("--allow-private-urls", action="store_true",
+                   help="let media URLs reach private, loopback and link-local addresses (refused by default)")
+    p.add_argument("--allowed-local-media-path", action="append", default=[], metavar="DIR",
+                   help="allow file:// media inside DIR (repeatable; default: no local files)")
+    p.add_argument("--media-timeout", type=float, default=10.0, help="seconds per media download (default 10)")
+    p.add_argument("--max-images", type=int, default=32, help="images per request (default 32)")
+    p.add_argument("--max-videos", type=int, default=4, help="videos per request (default 4)")
+    p.add_argument("--max-request-mb", type=float, default=64.0, help="request body limit in MiB (default 64)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from glmv.engine.llm import LLM
+    from glmv.inputs.limits import MediaLimits
+    from glmv.serve.app import ServerConfig, create_app
+
+    if not args.api_key and not _is_loopback(args.host):
+        log.warning("serving on %s without --api-key: anyone who can reach it can use it", args.host)
+    limits = MediaLimits.untrusted(allow_private_networks=args.allow_private_urls,
+                                   allowed_dirs=tuple(args.allowed_local_media_path), timeout_s=args.media_timeout,
+                                   max_images=args.max_images, max_videos=args.max_videos)
+    llm = LLM(args.model, dtype=args.dtype, device=args.device, limits=limits, max_model_len=args.max_model_len)
+    config = ServerConfig(served_model_name=args.served_model_name, api_key=args.api_key, max_queue=args.max_queue,
+                          max_batch=args.max_batch, media_workers=args.media_workers,
+                          max_body_bytes=int(args.max_request_mb * (1 << 20)))
+    app = create_app(llm, config)
+    print(f"glmv: serving {app.state.glmv.model_name!r} on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=logging.getLevelName(log.getEffectiveLevel()).lower(),
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

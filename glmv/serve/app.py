@@ -1,0 +1,85 @@
+"""The FastAPI application: routes, middleware (API key, body size, metrics) and error handlers.
+
+    app = create_app(LLM(path, limits=MediaLimits.untrusted()), ServerConfig(api_key="secret"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from glmv.engine.async_engine import AsyncEngine
+from glmv.engine.llm import LLM
+from glmv.serve.chat import chat_completions
+from glmv.serve.completions import completions
+from glmv.serve.errors import install_error_handlers
+from glmv.serve.gate import Gate
+from glmv.serve.metrics import HttpCounter
+from glmv.serve.state import ServerState
+
+STATIC = Path(__file__).with_name("static")
+ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    served_model_name: str | None = None  # default: the checkpoint directory's name
+    api_key: str | None = None  # required as a Bearer token on every route but /health and the page
+    max_queue: int = 64  # waiting requests beyond this are refused with 503
+    max_batch: int = 16  # sequences decoded together
+    media_workers: int = 2  # threads loading and preprocessing media
+    max_body_bytes: int = 64 << 20  # request bodies over this are refused (413) before being read
+
+
+def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
+    """An app serving `llm`; its engine thread starts now and stops when the app shuts down."""
+    state = ServerState(AsyncEngine(llm, config.max_queue, config.max_batch, config.media_workers),
+                        config.served_model_name or llm.path.name)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        state.engine.shutdown()
+
+    app = FastAPI(title="glmv", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.glmv = state
+    install_error_handlers(app)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        return await chat_completions(request, state)
+
+    @app.post("/v1/completions")
+    async def complete(request: Request) -> Response:
+        return await completions(request, state)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.created,
+                                            "owned_by": "glmv", "max_model_len": state.context}]}
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        alive = state.engine.thread.is_alive()
+        return JSONResponse({"status": "ok" if alive else "engine stopped"}, status_code=200 if alive else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        text = state.metrics.render(state.engine.queue_depth, state.engine.running)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    @app.get("/")
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # Outermost first: count every response, then refuse bad keys and big bodies before FastAPI reads them.
+    app.add_middleware(Gate, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(HttpCounter, metrics=state.metrics, paths=ROUTES)
+    return app

@@ -1,0 +1,99 @@
+"""POST /v1/chat/completions: messages with images/videos in, a message (or SSE chunks) with the answer and the
+model's reasoning (`reasoning_content`) out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from glmv.engine.async_engine import Handle
+from glmv.engine.outputs import ReasoningStreamParser
+from glmv.errors import GlmvError
+from glmv.serve import json_mode
+from glmv.serve.errors import sse_error
+from glmv.serve.metrics import RequestTimer
+from glmv.serve.protocol import ChatCompletionRequest
+from glmv.serve.responses import SSE_DONE, chat_logprobs, chat_message, new_id, now, sse
+from glmv.serve.state import ServerState, deltas, drain
+
+
+async def chat_completions(request: Request, state: ServerState) -> JSONResponse | StreamingResponse:
+    req = ChatCompletionRequest.model_validate_json(await request.body())
+    state.check_model(req.model)
+    params = req.sampling_params(state.defaults, state.context)
+    thinking, template_kwargs = req.template_kwargs()
+    messages = json_mode.with_instruction(req.messages, req.response_format)
+    timer = state.metrics.timer()
+    try:
+        handle = await state.engine.submit(messages, params, thinking, req.tools, **template_kwargs)
+    except BaseException:
+        timer.finish()
+        raise
+    if req.stream:
+        return StreamingResponse(_stream(state, req, handle, timer), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        await drain(request, handle, timer)
+    finally:
+        handle.cancel()  # a no-op once finished; frees the rows if anything above failed
+        out = state.finish(handle, timer)
+    choices = []
+    for c in out.outputs:
+        choice = {"index": c.index, "message": chat_message(c), "logprobs": None, "finish_reason": c.finish_reason}
+        if params.logprobs is not None:
+            choice["logprobs"] = chat_logprobs(state.engine.llm.tokenizer, c.logprobs or [], c.token_ids,
+                                               params.logprobs)
+        if json_mode.instruction(req.response_format):
+            choice["json_valid"] = json_mode.is_json(choice["message"]["content"])
+        choices.append(choice)
+    return JSONResponse({"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(),
+                         "model": state.model_name, "choices": choices, "usage": out.usage})
+
+
+async def _stream(state: ServerState, req: ChatCompletionRequest, handle: Handle,
+                  timer: RequestTimer) -> AsyncIterator[str]:
+    """SSE chunks; closing this generator (the client left) cancels the request."""
+    head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": state.model_name}
+    seqs = handle.request.seqs
+    parsers = [ReasoningStreamParser() for _ in seqs]
+    contents = ["" for _ in seqs]  # for the json_valid check of each sample
+    sent = [0 for _ in seqs]  # logprob entries already sent, per sample
+    top = seqs[0].params.logprobs
+    wants_json = json_mode.instruction(req.response_format) is not None
+    try:
+        yield sse({**head, "choices": [{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                        "finish_reason": None} for k in range(len(seqs))]})
+        async for d in deltas(handle, timer):
+            reasoning, content = parsers[d.index].feed(d.text, final=d.finish_reason is not None)
+            contents[d.index] += content
+            delta = {}
+            if reasoning:
+                delta["reasoning_content"] = reasoning
+            if content:
+                delta["content"] = content
+            if not delta and d.finish_reason is None:
+                continue  # a tag or half a stop string held back: nothing to show yet
+            choice = {"index": d.index, "delta": delta, "logprobs": None, "finish_reason": d.finish_reason}
+            if top is not None:
+                seq = seqs[d.index]
+                # The engine thread may already be a token ahead: send what exists, the next chunk the rest.
+                end = min(len(seq.output_ids), len(seq.logprobs))
+                choice["logprobs"] = chat_logprobs(state.engine.llm.tokenizer, seq.logprobs[sent[d.index]:end],
+                                                   seq.output_ids[sent[d.index]:end], top)
+                sent[d.index] = end
+            if wants_json and d.finish_reason is not None:
+                choice["json_valid"] = json_mode.is_json(contents[d.index])
+            yield sse({**head, "choices": [choice]})
+        out = state.finish(handle, timer)
+        if req.include_usage:
+            yield sse({**head, "choices": [], "usage": out.usage})
+        yield SSE_DONE
+    except GlmvError as e:
+        yield sse_error(e)
+        yield SSE_DONE
+    finally:
+        handle.cancel()  # a no-op once finished
+        if not timer.done:  # the client left or generation failed
+            state.finish(handle, timer)

@@ -1,0 +1,67 @@
+"""OpenAI response bodies built from glmv's RequestOutput / CompletionOutput (plain dicts: they go straight to
+JSON, and building pydantic models for every streamed chunk would only cost time)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from glmv.engine.outputs import CompletionOutput, parse_reasoning
+from glmv.inputs.tokenizer import Tokenizer
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def _token(tok: Tokenizer, token_id: int, logprob: float) -> dict:
+    text = tok.decode([token_id])
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+
+def chat_logprobs(tok: Tokenizer, entries: list[dict[int, float]], ids: list[int], top: int) -> dict:
+    """{"content": [{token, logprob, bytes, top_logprobs}]} for the given generated tokens.
+
+    Each engine entry holds the chosen token and the top tokens; the chosen one may lie outside the top, so
+    the top list is re-derived by sorting rather than by position.
+    """
+    content = []
+    for entry, token_id in zip(entries, ids):
+        best = sorted(entry.items(), key=lambda kv: -kv[1])[:top]
+        content.append({**_token(tok, token_id, entry[token_id]),
+                        "top_logprobs": [_token(tok, i, lp) for i, lp in best]})
+    return {"content": content}
+
+
+def completion_logprobs(tok: Tokenizer, entries: list[dict[int, float]], ids: list[int], top: int,
+                        offset: int = 0) -> dict:
+    """The legacy /v1/completions shape: parallel lists, offsets counted in characters of the text."""
+    tokens = [tok.decode([i]) for i in ids]
+    offsets, at = [], offset
+    for text in tokens:
+        offsets.append(at)
+        at += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [entry[i] for entry, i in zip(entries, ids)],
+        "top_logprobs": [{tok.decode([i]): lp for i, lp in sorted(e.items(), key=lambda kv: -kv[1])[:top]}
+                         for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def chat_message(c: CompletionOutput) -> dict:
+    reasoning, content = parse_reasoning(c.text)
+    return {"role": "assistant", "content": content, "reasoning_content": reasoning}

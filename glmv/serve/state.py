@@ -1,0 +1,75 @@
+"""What every handler shares (the engine, metrics, the served name) and one request's life in the engine:
+submitted, its deltas consumed and timed, cancelled as soon as its client is gone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from glmv.engine.async_engine import AsyncEngine, Handle
+from glmv.engine.llm import StreamDelta
+from glmv.engine.outputs import RequestOutput
+from glmv.engine.sampling import SamplingParams
+from glmv.serve.errors import ModelNotFoundError
+from glmv.serve.metrics import Metrics, RequestTimer
+from glmv.serve.responses import now
+
+
+@dataclass
+class ServerState:
+    engine: AsyncEngine
+    model_name: str
+    metrics: Metrics = field(default_factory=Metrics)
+    created: int = field(default_factory=now)
+
+    @property
+    def context(self) -> int:
+        return self.engine.llm.engine.max_model_len
+
+    @property
+    def defaults(self) -> SamplingParams:
+        return self.engine.llm.default_sampling_params()
+
+    def check_model(self, name: str) -> None:
+        if name != self.model_name:
+            raise ModelNotFoundError(f"the model {name!r} does not exist; this server serves {self.model_name!r}")
+
+    def finish(self, handle: Handle, timer: RequestTimer) -> RequestOutput:
+        out = self.engine.output(handle)
+        timer.finish(out.prompt_tokens, out.completion_tokens, tuple(c.finish_reason for c in out.outputs))
+        return out
+
+
+async def deltas(handle: Handle, timer: RequestTimer) -> AsyncIterator[StreamDelta]:
+    """The handle's deltas, each timed. Whoever stops iterating early must call handle.cancel()."""
+    async for d in handle:
+        timer.delta()
+        yield d
+
+
+async def drain(request: Request, handle: Handle, timer: RequestTimer) -> None:
+    """Run a non-streamed request to the end; if the client disconnects first, cancel it (its rows are freed
+    at the next engine step, which also ends the handle)."""
+    async def consume() -> None:
+        async for _ in deltas(handle, timer):
+            pass
+
+    work = asyncio.ensure_future(consume())
+    watch = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            handle.cancel()
+        await work
+    finally:
+        watch.cancel()
+        work.cancel()
+
+
+async def _disconnect(request: Request) -> None:
+    # The body has been read, so the next message can only be the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
