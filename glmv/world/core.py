@@ -57,15 +57,16 @@ class Task:
     score: Callable[[str, Sample], float]  # 1.0 = right; used for evaluation
     reward: Callable[[str, Sample], float]  # in [0, 1], dense where possible; used by RL
     thinking: bool = False  # its targets carry a reasoning trace
+    sample_type: type[Sample] = Sample  # a family whose samples need their own messages() (dialogue history)
 
 
 TASKS: dict[str, Task] = {}
 
 
-def register(name: str, family: str, score, reward=None, thinking: bool = False):
+def register(name: str, family: str, score, reward=None, thinking: bool = False, sample_type: type[Sample] = Sample):
     """Decorator: add a generator to the registry under `name`."""
     def wrap(fn: Generator) -> Generator:
-        TASKS[name] = Task(name, family, fn, score, reward or score, thinking)
+        TASKS[name] = Task(name, family, fn, score, reward or score, thinking, sample_type)
         return fn
     return wrap
 
@@ -82,4 +83,5 @@ def sample(task: str, split: str, index: int) -> Sample:
 
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}")
-    return Sample(task=task, split=split, index=index, **TASKS[task].generate(rng_for(task, split, index)))
+    t = TASKS[task]
+    return t.sample_type(task=task, split=split, index=index, **t.generate(rng_for(task, split, index)))

@@ -114,3 +114,35 @@ def order_reward(output: str, expected: list[str]) -> float:
     """Fraction of positions that hold the right item (partial credit for RL)."""
     got, want = sequence_items(output), [normalise(x) for x in expected]
     return sum(g == w for g, w in zip(got, want)) / max(len(want), len(got), 1)
+
+
+def action_iou(output: str, expected: dict) -> float:
+    """A GUI-agent action JSON ({"action_type", "box_2d": [[x1,y1,x2,y2]], "text"?}) against the expected one:
+    the IoU of the boxes when the action type (and any typed text) is right, else 0."""
+    got = parse_json(output)
+    if not isinstance(got, dict) or got.get("action_type") != expected["action_type"]:
+        return 0.0
+    if "text" in expected and normalise(str(got.get("text", ""))) != normalise(expected["text"]):
+        return 0.0
+    box = got.get("box_2d")
+    if isinstance(box, list) and box and isinstance(box[0], list):  # [[x1,y1,x2,y2]] or a bare [x1,y1,x2,y2]
+        box = box[0]
+    try:
+        return iou([float(v) for v in box], expected["box_2d"][0]) if len(box) == 4 else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def action_match(output: str, expected: dict) -> float:
+    return float(action_iou(output, expected) >= 0.5)
+
+
+def choice_letter(output: str) -> str | None:
+    """The option letter of a multiple-choice answer: "B", "(B)", "B.", "B) cat", "Answer: B"."""
+    text = answer_text(output).strip()
+    found = re.match(r"^\(?([A-Z])\b", text) or re.search(r"[Aa]nswer(?: is)?\s*:?\s*\(?([A-Z])\b", text)
+    return found.group(1).upper() if found else None
+
+
+def letter_match(output: str, expected: str) -> float:
+    return float(choice_letter(output) == expected)

@@ -1,3 +1,13 @@
 """Importing this module registers every task family in glmv.world.core.TASKS."""
 
-from glmv.world import charts, reasoning, scenes, text, video  # noqa: F401
+from glmv.world import (  # noqa: F401
+    charts,
+    dialogue,
+    documents,
+    gui,
+    reasoning,
+    retrieval,
+    scenes,
+    text,
+    video,
+)
