@@ -1,4 +1,4 @@
-"""Bar and line charts drawn with PIL, with their data: chart -> JSON, value lookup, arithmetic comparisons."""
+"""Bar, line and pie charts drawn with PIL, with their data: chart -> JSON, value lookup, arithmetic comparisons."""
 
 from __future__ import annotations
 
@@ -69,3 +69,43 @@ def chart_diff(rng):
     trace = f"{a} is {data[a]} and {b} is {data[b]}. {data[a]} - {data[b]} = {diff}."
     return dict(image=img, prompt=f"How much larger is {a} than {b}?",
                 target=f"<think>{trace}</think>{boxed(str(diff))}", truth={"answer": diff, "trace": trace, "data": data})
+
+
+def pie(rng: np.random.Generator):
+    """A pie of 3-5 labelled slices (percentages in steps of 5, each at least 10, summing to 100) with a
+    legend "A 35%" beside it, slices in distinct colours starting at a random angle; returns (image, data,
+    {label: colour name})."""
+    n = int(rng.integers(3, 6))
+    while True:  # cut points in 5% steps, re-drawn until every slice is wide enough to see
+        cuts = np.sort(rng.choice(np.arange(1, 20), n - 1, replace=False))
+        shares = np.diff(np.concatenate([[0], cuts, [20]])) * 5
+        if shares.min() >= 10:
+            break
+    data = {LABELS[i]: int(v) for i, v in enumerate(shares)}
+    w, h = 168, 112
+    img = canvas(rng, w, h)
+    d = ImageDraw.Draw(img)
+    names = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))[:n]]
+    colours = [COLOURS[c] for c in names]
+    f = font(0, 11)
+    r, cx, cy = 46, 52, h / 2
+    angle = float(rng.uniform(0, 360))
+    for i, (label, share) in enumerate(data.items()):
+        end = angle + share * 3.6
+        d.pieslice((cx - r, cy - r, cx + r, cy + r), angle, end, fill=colours[i], outline=(255, 255, 255))
+        mid = np.radians((angle + end) / 2)  # the slice's letter sits on its bisector, 60% out
+        ink = (0, 0, 0) if sum(colours[i]) > 400 else (255, 255, 255)  # dark letters on yellow and orange
+        d.text((cx + 0.6 * r * np.cos(mid), cy + 0.6 * r * np.sin(mid)), label, fill=ink, font=font(1, 11),
+               anchor="mm")
+        y = cy - 8 * n + 16 * i + 2
+        d.rectangle((110, y, 119, y + 9), fill=colours[i])
+        d.text((123, y - 1), f"{label} {share}%", fill=(0, 0, 0), font=f)
+        angle = end
+    return img, data, dict(zip(data, names))
+
+
+@register("chart_pie", "charts", lambda out, s: scoring.json_f1(out, s.truth["data"]))
+def chart_pie(rng):
+    img, data, colours = pie(rng)
+    return dict(image=img, prompt="Convert the pie chart to JSON.", target=json.dumps(data, separators=(", ", ": ")),
+                truth={"data": data, "colours": colours})

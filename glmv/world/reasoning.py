@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from PIL import ImageDraw
+
 from glmv.world import scoring
 from glmv.world.core import register
-from glmv.world.draw import boxed
+from glmv.world.draw import COLOURS, SHAPES, boxed, canvas, draw_shape, font
 from glmv.world.scenes import scene
 
 
@@ -48,3 +50,61 @@ def count_more(rng):
     trace = f"I count {objects_of(counts[a], a)} and {objects_of(counts[b], b)}. {max(counts[a], counts[b])} is more."
     return dict(image=img, prompt=f"Are there more {a} or {b} objects?",
                 target=f"<think>{trace}</think>{boxed(winner)}", truth={"answer": winner, "trace": trace})
+
+
+CELL = 14  # grid squares of the geometry task, in pixels
+
+
+@register("geometry", "reasoning", lambda out, s: scoring.numeric(out, s.truth["answer"]), thinking=True)
+def geometry(rng):
+    """A rectangle on squared paper: its area or perimeter in grid squares, read off by counting squares."""
+    cols, rows = int(rng.choice((8, 10, 12))), int(rng.choice((8, 10, 12)))
+    img = canvas(rng, cols * CELL, rows * CELL)
+    d = ImageDraw.Draw(img)
+    for x in range(0, cols * CELL, CELL):
+        d.line((x, 0, x, rows * CELL), fill=(185, 185, 195))
+    for y in range(0, rows * CELL, CELL):
+        d.line((0, y, cols * CELL, y), fill=(185, 185, 195))
+    w, h = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+    x0, y0 = int(rng.integers(0, cols - w + 1)), int(rng.integers(0, rows - h + 1))
+    colour = list(COLOURS.values())[rng.integers(len(COLOURS))]
+    d.rectangle((x0 * CELL, y0 * CELL, (x0 + w) * CELL, (y0 + h) * CELL), fill=colour, outline=(40, 40, 40))
+    size = f"The rectangle is {w} square{'s' * (w != 1)} wide and {h} square{'s' * (h != 1)} tall."
+    if rng.integers(2):
+        question, answer, step = "area", w * h, f"Area = {w} x {h} = {w * h}."
+    else:
+        question, answer, step = "perimeter", 2 * (w + h), f"Perimeter = 2 x ({w} + {h}) = {2 * (w + h)}."
+    trace = f"{size} {step}"
+    return dict(image=img, prompt=f"What is the {question} of the rectangle, in grid squares?",
+                target=f"<think>{trace}</think>{boxed(str(answer))}",
+                truth={"answer": answer, "width": w, "height": h, "trace": trace})
+
+
+PIECE = 28  # one item of the pattern task, in pixels
+
+
+@register("pattern", "reasoning", lambda out, s: scoring.text_match(out, s.truth["answer"]), thinking=True)
+def pattern(rng):
+    """A row of shapes repeating with period 2 or 3 and a "?" in the last place: what comes next."""
+    period = int(rng.integers(2, 4))
+    shown = int(rng.integers(2 * period, 7))  # the repeat is seen at least twice: the answer is determined
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    unit = [pairs[i] for i in rng.permutation(len(pairs))[:period]]
+    width = (shown + 1) * PIECE + 8
+    img = canvas(rng, max(112, width), 112)
+    d = ImageDraw.Draw(img)
+    x0, y = (img.width - width) // 2 + 4, 56 - PIECE // 2
+    for i in range(shown):
+        colour, shape = unit[i % period]
+        draw_shape(d, shape, (x0 + i * PIECE + 3, y + 3, x0 + (i + 1) * PIECE - 3, y + PIECE - 3), COLOURS[colour])
+    qx = x0 + shown * PIECE
+    d.rectangle((qx + 2, y + 2, qx + PIECE - 2, y + PIECE - 2), outline=(60, 60, 60))
+    d.text((qx + PIECE / 2, y + PIECE / 2), "?", fill=(60, 60, 60), font=font(1, 16), anchor="mm")
+    colour, shape = unit[shown % period]
+    answer = f"{colour} {shape}"
+    names = ", ".join(f"{c} {s}" for c, s in unit)
+    trace = f"The row repeats every {period}: {names}. Place {shown + 1} is place {shown % period + 1} of the " \
+            f"repeat, so it is the {answer}."
+    return dict(image=img, prompt="Which shape comes next in the row?",
+                target=f"<think>{trace}</think>{boxed(answer)}",
+                truth={"answer": answer, "trace": trace, "row": [f"{c} {s}" for c, s in (unit * 3)[:shown]]})

@@ -67,6 +67,24 @@ def box_iou(output: str, expected: list[float]) -> float:
     return iou(boxes[0], expected) if boxes else 0.0
 
 
+def boxes_f1(output: str, expected: list[list[float]], threshold: float = 0.5) -> float:
+    """F1 of the output's boxes against the expected set: each expected box matches at most one output box
+    with IoU >= threshold (greedy, best pairs first), so extra, missing and misplaced boxes all cost."""
+    got = parse_boxes(output)
+    if not got or not expected:
+        return float(not got and not expected)
+    pairs = sorted(((iou(g, e), i, j) for i, g in enumerate(got) for j, e in enumerate(expected)), reverse=True)
+    used_g, used_e = set(), set()
+    for value, i, j in pairs:
+        if value < threshold:
+            break
+        if i not in used_g and j not in used_e:
+            used_g.add(i)
+            used_e.add(j)
+    hits = len(used_e)
+    return 2 * hits / (len(got) + len(expected))
+
+
 def parse_json(output: str) -> dict | list | None:
     """The first JSON object/array in the output (code fences and surrounding text tolerated)."""
     text = answer_text(output)

@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from glmv.world import scoring
 from glmv.world.core import register
-from glmv.world.draw import FONT_FILES, boxed, canvas, font
+from glmv.world.draw import FONT_FILES, boxed, canvas, font, noise
 
 WORDS = """apple river stone cloud green house light table water paper music night garden window bread
 chair dream field glass heart honey lemon money ocean plant queen radio smile storm tiger train truck voice
@@ -21,24 +21,29 @@ sky toy van web""".split()
 
 
 def render_text(rng: np.random.Generator, text: str) -> Image.Image:
+    """The text in one font and ink, rotated by up to 8 degrees about its centre, placed so that the rotated
+    text lies wholly inside the image (a clipped letter would make the target unreadable)."""
     w, h = int(rng.choice((140, 168, 196))), int(rng.choice((56, 84, 112)))
     img = canvas(rng, w, h)
-    size = int(rng.integers(16, 26))
-    f = font(int(rng.integers(len(FONT_FILES))), size)
+    size, face = int(rng.integers(16, 26)), int(rng.integers(len(FONT_FILES)))
+    angle = float(rng.uniform(-8, 8))
+    sin, cos = abs(np.sin(np.radians(angle))), np.cos(np.radians(angle))
     layer = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(layer)
-    tw, th = d.textbbox((0, 0), text, font=f)[2:]
-    while tw > w - 8 and size > 9:  # shrink long lines until they fit
-        size -= 2
-        f = font(int(rng.integers(len(FONT_FILES))), size)
-        tw, th = d.textbbox((0, 0), text, font=f)[2:]
-    x = rng.uniform(2, max(3, w - tw - 2))
-    y = rng.uniform(2, max(3, h - th - 2))
-    d.text((x, y), text, fill=255, font=f)
-    layer = layer.rotate(float(rng.uniform(-8, 8)), resample=Image.Resampling.BICUBIC, center=(x + tw / 2, y + th / 2))
+    while True:  # shrink long lines until the rotated ink box fits with a 2 px margin
+        left, top, right, bottom = d.textbbox((0, 0), text, font=font(face, size))
+        tw, th = right - left, bottom - top
+        half_w, half_h = (tw * cos + th * sin) / 2, (tw * sin + th * cos) / 2
+        if (half_w + 2 <= w / 2 and half_h + 2 <= h / 2) or size <= 8:
+            break
+        size -= 1
+    cx = rng.uniform(half_w + 2, max(half_w + 2, w - half_w - 2))
+    cy = rng.uniform(half_h + 2, max(half_h + 2, h - half_h - 2))
+    d.text((cx - (left + right) / 2, cy - (top + bottom) / 2), text, fill=255, font=font(face, size))
+    layer = layer.rotate(angle, resample=Image.Resampling.BICUBIC, center=(cx, cy))
     ink = tuple(int(c) for c in rng.integers(0, 90, 3))
     img.paste(Image.new("RGB", (w, h), ink), (0, 0), layer)
-    arr = np.asarray(img).astype(np.float32) + rng.normal(0, float(rng.uniform(0, 10)), (h, w, 3))
+    arr = np.asarray(img).astype(np.float32) + noise(rng, h, w) * np.float32(rng.uniform(0, 10))
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 

@@ -82,6 +82,67 @@ def video_motion(rng):
                 truth={"answer": direction})
 
 
+def comings_and_goings(rng: np.random.Generator, n: int):
+    """n shapes in distinct quadrants; each is there from the start or appears at a whole second, and may later
+    disappear. Every event has its own second (so their order is unambiguous) and there are at least two.
+    Returns frames and events [(second, object name, "appears" | "disappears")], sorted by time."""
+    pairs = [(c, s) for c in COLOURS for s in SHAPES]
+    kinds = [pairs[i] for i in rng.permutation(len(pairs))[:n]]
+    background = canvas(rng, SIZE, SIZE)
+    slots = rng.permutation(4)[:n]
+    while True:
+        seconds = iter(int(t) for t in rng.permutation(np.arange(1, 7)))  # distinct event seconds
+        spans = []  # [start, end) of visibility; end None = stays to the end
+        for _ in kinds:
+            start = 0 if rng.integers(2) else next(seconds)
+            end = next(seconds) if rng.integers(2) else None
+            if end is not None and end < start:  # it cannot go before it comes: it was there from the start
+                start = 0
+            spans.append((start, end))
+        events = sorted([(a, f"{c} {s}", "appears") for (c, s), (a, _) in zip(kinds, spans) if a] +
+                        [(e, f"{c} {s}", "disappears") for (c, s), (_, e) in zip(kinds, spans) if e])
+        if len(events) >= 2:
+            break
+    frames = []
+    for f in range(int((events[-1][0] + 1) * FPS)):
+        second = f / FPS
+        img = background.copy()
+        d = ImageDraw.Draw(img)
+        for (colour, shape), slot, (start, end) in zip(kinds, slots, spans):
+            if start <= second and (end is None or second < end):
+                x, y = (slot % 2) * SIZE / 2 + 8, (slot // 2) * SIZE / 2 + 8
+                draw_shape(d, shape, (x, y, x + SIZE / 2 - 16, y + SIZE / 2 - 16), COLOURS[colour])
+        frames.append(img)
+    return frames, events
+
+
+def event_text(event: tuple[int, str, str]) -> str:
+    return f"{event[0]}s: {event[1]} {event[2]}"
+
+
+@register("video_events", "video", lambda out, s: scoring.order_match(out, s.truth["order"]),
+          lambda out, s: scoring.order_reward(out, s.truth["order"]))
+def video_events(rng):
+    """Every appearance and disappearance with its second, in order ("2s: red circle appears, 4s: ...")."""
+    frames, events = comings_and_goings(rng, int(rng.integers(2, 4)))
+    order = [event_text(e) for e in events]
+    return dict(frames=frames, fps=FPS, prompt="List the events in the video with their times.",
+                target=", ".join(order), truth={"order": order, "events": events})
+
+
+@register("video_disappear", "video", lambda out, s: scoring.numeric(out, s.truth["answer"], tolerance=1))
+def video_disappear(rng):
+    """When a named shape disappears (tolerance 1 s, like video_time)."""
+    while True:
+        frames, events = comings_and_goings(rng, int(rng.integers(2, 4)))
+        gone = [e for e in events if e[2] == "disappears"]
+        if gone:
+            break
+    t, obj, _ = gone[rng.integers(len(gone))]
+    return dict(frames=frames, fps=FPS, prompt=f"At which second does the {obj} disappear?", target=boxed(str(t)),
+                truth={"answer": t, "events": events})
+
+
 def write_video(frames: list[Image.Image], fps: float, path: str) -> None:
     """Encode frames as an H.264 (or MPEG-4) file with PyAV, for benchmarks and servers that take files."""
     import av
