@@ -138,7 +138,9 @@ class LLM:
         """Render, tokenize and process the media of each conversation; vision runs once for all their media."""
         proc = self.processor
         parsed = [normalize_messages(conv) for conv in conversations]
-        images, videos = proc.process_media([ref for _, media in parsed for ref in media])
+        media = [proc.process_media(refs) for _, refs in parsed]  # limits apply per conversation
+        images = [f for conv_images, _ in media for f in conv_images]
+        videos = [f for _, conv_videos in media for f in conv_videos]
         image_embeds, video_embeds = self.engine.vision.images(images), self.engine.vision.videos(videos)
         requests, i_at, v_at = [], 0, 0
         for messages, media in parsed:

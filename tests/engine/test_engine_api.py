@@ -80,3 +80,11 @@ def test_a_generated_placeholder_token_is_plain_text(llm):
     finally:
         llm.engine.sampler = sampler
     assert out.token_ids == [image_id] * 4 and out.finish_reason == "length"
+
+
+def test_media_limits_apply_per_conversation_not_per_batch(llm):
+    """A batch of conversations may hold more images in total than one request may."""
+    limit = llm.processor.limits.max_images
+    batch = [CONV] * (limit + 1)
+    outs = llm.chat(batch, SamplingParams(temperature=0, max_tokens=2))
+    assert len(outs) == limit + 1
