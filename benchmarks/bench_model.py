@@ -22,16 +22,16 @@ from glmv.testing.prompts import (
     random_pixels,
     random_text,
 )
-from glmv.testing.tiny_checkpoint import reference_config, reference_model
+from glmv.testing.tiny_checkpoint import (
+    BENCH_TEXT,
+    BENCH_VISION,
+    reference_config,
+    reference_model,
+)
 from glmv.timing import median_time
 
-TEXT = dict(vocab_size=8192, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
-            num_key_value_heads=2, head_dim=32, moe_intermediate_size=128, n_routed_experts=32, num_experts_per_tok=4,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
-                             "mrope_section": [2, 3, 3]})
-VISION = dict(depth=4, hidden_size=128, num_heads=4, intermediate_size=512, out_hidden_size=256)
-
-
+TEXT = dict(BENCH_TEXT, vocab_size=8192)
+VISION = BENCH_VISION
 
 
 def main() -> None:

@@ -27,6 +27,13 @@ MOE = dict(
 )
 VISION = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=48, out_hidden_size=64, image_size=56)
 
+# A larger (still small) GLM-4.5V-shaped model for benchmarks: big enough that matmuls, not Python, dominate.
+BENCH_TEXT = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=2, head_dim=32, moe_intermediate_size=128, n_routed_experts=32,
+                  num_experts_per_tok=4, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                          "partial_rotary_factor": 0.5, "mrope_section": [2, 3, 3]})
+BENCH_VISION = dict(depth=4, hidden_size=128, num_heads=4, intermediate_size=512, out_hidden_size=256)
+
 
 def reference_config(model_type: str = "glm4v_moe", text: dict | None = None, vision: dict | None = None, **top):
     """A transformers config object for a tiny model of `model_type` (glm4v, glm4v_moe, glm46v, glm46v_moe)."""
