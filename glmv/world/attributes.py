@@ -13,7 +13,15 @@ from PIL import ImageDraw
 
 from glmv.world import scoring
 from glmv.world.core import register
-from glmv.world.draw import COLOURS, SHAPES, TEXTURES, boxed, canvas, draw_textured, to_1000
+from glmv.world.draw import (
+    COLOURS,
+    SHAPES,
+    TEXTURES,
+    boxed,
+    canvas,
+    draw_textured,
+    to_1000,
+)
 
 SIZES = (112, 140, 168, 196)
 SIDE = {"small": (0.13, 0.17), "large": (0.27, 0.33)}  # fractions of the short image side; never ambiguous
