@@ -10,13 +10,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from glmv.engine.async_engine import Handle
 from glmv.engine.outputs import ReasoningStreamParser
-from glmv.errors import GlmvError
 from glmv.serve import json_mode
-from glmv.serve.errors import sse_error
 from glmv.serve.metrics import RequestTimer
 from glmv.serve.protocol import ChatCompletionRequest
-from glmv.serve.responses import SSE_DONE, chat_logprobs, chat_message, new_id, now, sse
-from glmv.serve.state import ServerState, deltas, drain
+from glmv.serve.responses import chat_logprobs, chat_message, new_id, now
+from glmv.serve.state import ServerState, complete, deltas, event_stream, submit
 
 
 async def chat_completions(request: Request, state: ServerState) -> JSONResponse | StreamingResponse:
@@ -25,20 +23,12 @@ async def chat_completions(request: Request, state: ServerState) -> JSONResponse
     params = req.sampling_params(state.defaults, state.context)
     thinking, template_kwargs = req.template_kwargs()
     messages = json_mode.with_instruction(req.messages, req.response_format)
-    timer = state.metrics.timer()
-    try:
-        handle = await state.engine.submit(messages, params, thinking, req.tools, **template_kwargs)
-    except BaseException:
-        timer.finish()
-        raise
+    handle, timer = await submit(state, state.engine.submit(messages, params, thinking, req.tools, **template_kwargs))
+    head = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": state.model_name}
     if req.stream:
-        return StreamingResponse(_stream(state, req, handle, timer), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    try:
-        await drain(request, handle, timer)
-    finally:
-        handle.cancel()  # a no-op once finished; frees the rows if anything above failed
-        out = state.finish(handle, timer)
+        chunk_head = {**head, "object": "chat.completion.chunk"}
+        return event_stream(state, handle, timer, chunk_head, req.include_usage, _choices(state, req, handle, timer))
+    out = await complete(request, state, handle, timer)
     choices = []
     for c in out.outputs:
         choice = {"index": c.index, "message": chat_message(c), "logprobs": None, "finish_reason": c.finish_reason}
@@ -48,52 +38,38 @@ async def chat_completions(request: Request, state: ServerState) -> JSONResponse
         if json_mode.instruction(req.response_format):
             choice["json_valid"] = json_mode.is_json(choice["message"]["content"])
         choices.append(choice)
-    return JSONResponse({"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(),
-                         "model": state.model_name, "choices": choices, "usage": out.usage})
+    return JSONResponse({**head, "choices": choices, "usage": out.usage})
 
 
-async def _stream(state: ServerState, req: ChatCompletionRequest, handle: Handle,
-                  timer: RequestTimer) -> AsyncIterator[str]:
-    """SSE chunks; closing this generator (the client left) cancels the request."""
-    head = {"id": new_id("chatcmpl"), "object": "chat.completion.chunk", "created": now(), "model": state.model_name}
+async def _choices(state: ServerState, req: ChatCompletionRequest, handle: Handle,
+                   timer: RequestTimer) -> AsyncIterator[list[dict]]:
+    """The choices of each chunk: the role first, then reasoning and content deltas as they are parsed."""
     seqs = handle.request.seqs
     parsers = [ReasoningStreamParser() for _ in seqs]
     contents = ["" for _ in seqs]  # for the json_valid check of each sample
     sent = [0 for _ in seqs]  # logprob entries already sent, per sample
     top = seqs[0].params.logprobs
     wants_json = json_mode.instruction(req.response_format) is not None
-    try:
-        yield sse({**head, "choices": [{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                        "finish_reason": None} for k in range(len(seqs))]})
-        async for d in deltas(handle, timer):
-            reasoning, content = parsers[d.index].feed(d.text, final=d.finish_reason is not None)
-            contents[d.index] += content
-            delta = {}
-            if reasoning:
-                delta["reasoning_content"] = reasoning
-            if content:
-                delta["content"] = content
-            if not delta and d.finish_reason is None:
-                continue  # a tag or half a stop string held back: nothing to show yet
-            choice = {"index": d.index, "delta": delta, "logprobs": None, "finish_reason": d.finish_reason}
-            if top is not None:
-                seq = seqs[d.index]
-                # The engine thread may already be a token ahead: send what exists, the next chunk the rest.
-                end = min(len(seq.output_ids), len(seq.logprobs))
-                choice["logprobs"] = chat_logprobs(state.engine.llm.tokenizer, seq.logprobs[sent[d.index]:end],
-                                                   seq.output_ids[sent[d.index]:end], top)
-                sent[d.index] = end
-            if wants_json and d.finish_reason is not None:
-                choice["json_valid"] = json_mode.is_json(contents[d.index])
-            yield sse({**head, "choices": [choice]})
-        out = state.finish(handle, timer)
-        if req.include_usage:
-            yield sse({**head, "choices": [], "usage": out.usage})
-        yield SSE_DONE
-    except GlmvError as e:
-        yield sse_error(e)
-        yield SSE_DONE
-    finally:
-        handle.cancel()  # a no-op once finished
-        if not timer.done:  # the client left or generation failed
-            state.finish(handle, timer)
+    yield [{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+           for k in range(len(seqs))]
+    async for d in deltas(handle, timer):
+        reasoning, content = parsers[d.index].feed(d.text, final=d.finish_reason is not None)
+        contents[d.index] += content
+        delta = {}
+        if reasoning:
+            delta["reasoning_content"] = reasoning
+        if content:
+            delta["content"] = content
+        if not delta and d.finish_reason is None:
+            continue  # a tag or half a stop string held back: nothing to show yet
+        choice = {"index": d.index, "delta": delta, "logprobs": None, "finish_reason": d.finish_reason}
+        if top is not None:
+            seq = seqs[d.index]
+            # The engine thread may already be a token ahead: send what exists, the next chunk the rest.
+            end = min(len(seq.output_ids), len(seq.logprobs))
+            choice["logprobs"] = chat_logprobs(state.engine.llm.tokenizer, seq.logprobs[sent[d.index]:end],
+                                               seq.output_ids[sent[d.index]:end], top)
+            sent[d.index] = end
+        if wants_json and d.finish_reason is not None:
+            choice["json_valid"] = json_mode.is_json(contents[d.index])
+        yield [choice]

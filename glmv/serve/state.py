@@ -1,21 +1,24 @@
 """What every handler shares (the engine, metrics, the served name) and one request's life in the engine:
-submitted, its deltas consumed and timed, cancelled as soon as its client is gone."""
+submitted, its deltas consumed and timed (whole, or as server-sent events), cancelled as soon as its client is
+gone."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 from glmv.engine.async_engine import AsyncEngine, Handle
 from glmv.engine.llm import StreamDelta
 from glmv.engine.outputs import RequestOutput
 from glmv.engine.sampling import SamplingParams
-from glmv.serve.errors import ModelNotFoundError
+from glmv.errors import GlmvError
+from glmv.serve.errors import ModelNotFoundError, sse_error
 from glmv.serve.metrics import Metrics, RequestTimer
-from glmv.serve.responses import now
+from glmv.serve.responses import SSE_DONE, now, sse
 
 
 @dataclass
@@ -41,6 +44,50 @@ class ServerState:
         out = self.engine.output(handle)
         timer.finish(out.prompt_tokens, out.completion_tokens, tuple(c.finish_reason for c in out.outputs))
         return out
+
+
+async def submit(state: ServerState, submission: Awaitable[Handle]) -> tuple[Handle, RequestTimer]:
+    """Await the engine's admission of a request, timed from now (a refused request is counted too)."""
+    timer = state.metrics.timer()
+    try:
+        return await submission, timer
+    except BaseException:
+        timer.finish()
+        raise
+
+
+async def complete(request: Request, state: ServerState, handle: Handle, timer: RequestTimer) -> RequestOutput:
+    """A non-streamed request run to its end (or to its client's departure), its rows freed in every case."""
+    try:
+        await drain(request, handle, timer)
+    finally:
+        handle.cancel()  # a no-op once finished; frees the rows if anything above failed
+        out = state.finish(handle, timer)
+    return out
+
+
+def event_stream(state: ServerState, handle: Handle, timer: RequestTimer, head: dict, include_usage: bool,
+                 choices: AsyncIterator[list[dict]]) -> StreamingResponse:
+    """Server-sent events: one chunk per list of choices, then usage (if asked) and [DONE]; an engine error
+    becomes an error event. Closing the stream (the client left) cancels the request."""
+    async def events() -> AsyncIterator[str]:
+        try:
+            async for chunk in choices:
+                yield sse({**head, "choices": chunk})
+            out = state.finish(handle, timer)
+            if include_usage:
+                yield sse({**head, "choices": [], "usage": out.usage})
+            yield SSE_DONE
+        except GlmvError as e:
+            yield sse_error(e)
+            yield SSE_DONE
+        finally:
+            handle.cancel()  # a no-op once finished
+            if not timer.done:  # the client left or generation failed
+                state.finish(handle, timer)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 async def deltas(handle: Handle, timer: RequestTimer) -> AsyncIterator[StreamDelta]:

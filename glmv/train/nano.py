@@ -68,9 +68,14 @@ def init_weights(model: GlmvForConditionalGeneration, std: float = 0.02, seed: i
             p.fill_(1.0)
         elif name.endswith("bias"):
             p.zero_()
+        elif ".merger." in name:
+            # The projector is not a residual branch: LeCun-normal keeps image embeddings at unit scale, so
+            # they are not drowned by the decoder's residual stream (a 0.02-std projector gave ~0.003-std image
+            # embeddings, and the vision tower never learned: see the model card).
+            p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
         else:
-            scale = std / math.sqrt(2 * layers) if name.endswith(("o_proj.weight", "down_proj.weight", "down_proj")) else std
-            p.copy_(torch.randn(p.shape, generator=g) * scale)
+            residual = name.endswith(("o_proj.weight", "down_proj.weight", "down_proj", "attn.proj.weight"))
+            p.copy_(torch.randn(p.shape, generator=g) * (std / math.sqrt(2 * layers) if residual else std))
     for m in model.modules():
         if isinstance(m, Router):
             m.e_score_correction_bias.zero_()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,9 @@ class GRPOTrainer:
                 with torch.no_grad():
                     balance_routers(policy)
                 stats.update(loss=loss.item(), kl=((kl * mask).sum() / mask.sum()).item())
-            sched.step()
+            with warnings.catch_warnings():  # the schedule follows steps, also those with no signal (no opt.step)
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                sched.step()
             step += 1
             stats["seconds"] = time.perf_counter() - t0
             stats["pass_rate"] = {t: round(v, 3) for t, v in curriculum.rate.items()}

@@ -73,6 +73,7 @@ def test_bench_json(model_dir, capsys):
                  "--image-size", "56", "--repeats", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["decode_tokens_per_s_batch2"] > 0 and out["prefill_tokens_per_s"] > 0 and out["image_tokens"] > 0
+    assert out["caption_latency_s"] > 0
 
 
 def test_help_is_fast_and_lists_commands():

@@ -41,8 +41,8 @@ def make_trainer(base, out, steps=8, **kw) -> Trainer:
     return trainer
 
 
-def test_loss_masks_everything_but_the_answer(base):
-    trainer = make_trainer(base, "unused")
+def test_loss_masks_everything_but_the_answer(base, tmp_path):
+    trainer = make_trainer(base, tmp_path)
     e = trainer.make_example("colour", 0, False)
     target = [t for t, l in zip(e.input_ids, e.labels) if l != IGNORE]
     tok = trainer.processor.tokenizer
