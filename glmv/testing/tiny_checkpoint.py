@@ -113,3 +113,17 @@ def make_tiny_model_dir(path: str | Path, model_type: str = "glm4v_moe", seed: i
     model.save_pretrained(path)
     (path / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "pad_token_id": eos[0]}))
     return path
+
+
+def logits_gap_to_reference(path: str | Path) -> float:
+    """Largest |glmv - transformers| logit difference of the checkpoint at `path` on a short text prompt: how a
+    test proves that what glmv wrote (training checkpoints, saved models) loads the same in the reference."""
+    import transformers
+
+    import glmv
+
+    ours = glmv.load_model(path, progress=False)
+    ref = transformers.AutoModelForImageTextToText.from_pretrained(path).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        return float((ours(ids).logits - ref(input_ids=ids).logits).abs().max())
