@@ -164,7 +164,7 @@ class GRPOTrainer:
                     balance_routers(policy)
                 stats.update(loss=loss.item(), kl=((kl * mask).sum() / mask.sum()).item())
             with warnings.catch_warnings():  # the schedule follows steps, also those with no signal (no opt.step)
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
                 sched.step()
             step += 1
             stats["seconds"] = time.perf_counter() - t0
