@@ -27,6 +27,7 @@ class Recipe:
     weight_decay: float = 0.05
     max_grad_norm: float = 1.0
     seed: int = 0
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed (e.g. "visual.blocks")
     thinking: float = 0.0  # fraction of examples in the thinking format (SFT)
     save_every: int = 200
     log_every: int = 10

@@ -106,8 +106,11 @@ class Trainer:
         r = self.recipe
         start_dir = latest_checkpoint(self.out) if resume else None
         model = load_model(start_dir or self.model_dir, dtype=torch.float32, device=self.device, progress=False).train()
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
+        for n, p in model.named_parameters():
+            p.requires_grad_(not n.startswith(tuple(r.freeze)))
+        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in trainable if p.ndim < 2 or "embed" in n]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=r.lr, betas=(0.9, 0.95))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(r))
@@ -128,7 +131,7 @@ class Trainer:
                 (loss / r.grad_accum).backward()
                 total += loss.item() / r.grad_accum
                 tokens += int(batch["attention_mask"].sum())  # all tokens processed, prompt and media included
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), r.max_grad_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in trainable], r.max_grad_norm))
             opt.step()
             sched.step()
             with torch.no_grad():

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import glmv
 from glmv.testing.tiny_checkpoint import logits_gap_to_reference, make_tiny_model_dir
 from glmv.train.data import IGNORE, encode_example
 from glmv.train.recipe import Recipe
@@ -62,3 +64,12 @@ def test_resume_continues_exactly(base, tmp_path):
     first = make_trainer(base, tmp_path / "b").train(stop_after=4)
     rest = make_trainer(base, tmp_path / "b").train(resume=True)
     assert first + rest == full
+
+
+def test_frozen_parameters_stay_put(base, tmp_path):
+    make_trainer(base, tmp_path, steps=2, freeze=["visual.blocks"]).train()
+    before, after = glmv.load_model(base, progress=False), glmv.load_model(tmp_path / "final", progress=False)
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())
+    changed = {n for n in old if not torch.equal(old[n], new[n])}
+    assert changed and not any(n.startswith("visual.blocks") for n in changed)
+    assert any(n.startswith("visual.merger") for n in changed)
