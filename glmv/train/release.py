@@ -2,7 +2,7 @@
 
     python -m glmv.train.release runs/nano [--limit 50] [--bundle]
 
-Reads RUN/{pretrain,video,sft,rl}/final, evaluates each on the world's test split (results in
+Reads RUN/{warmup,pretrain,video,sft,rl}/final, evaluates each on the world's test split (results in
 RUN/eval-STAGE.json; the RL stage also on the validation split's mean reward against SFT), writes the card.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from glmv.train.recipe import Recipe
 
-STAGES = [("pretrain", "nano_pretrain"), ("video", "nano_video"), ("sft", "nano_sft"), ("rl", "nano_rl")]
+STAGES = [("warmup", "nano_warmup"), ("pretrain", "nano_pretrain"), ("video", "nano_video"), ("sft", "nano_sft"),
+          ("rl", "nano_rl")]
 EVAL_TASKS = ["color", "shape", "count", "ground", "ocr", "chart_json", "video_order", "caption", "chart_value",
               "count_sum", "count_more"]
 RECIPES = Path(__file__).parent / "recipes"

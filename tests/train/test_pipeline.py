@@ -1,5 +1,5 @@
-"""The four bundled nano recipes, in order, on world data with a shrunken decoder: a scratch tokenizer and model,
-then pretrain -> video -> SFT -> RL, each stage's checkpoint loading in glmv and in transformers."""
+"""The bundled nano recipes, in order, on world data with a shrunken decoder: a scratch tokenizer and model,
+then warm-up -> pretrain -> video -> SFT -> RL, each stage's checkpoint loading in glmv and in transformers."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def recipe(name: str, out, **overrides) -> Recipe:
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    r = recipe("nano_pretrain", tmp_path_factory.mktemp("pretrain"), steps=10, lr=3e-3, tokenizer_samples=3,
+    r = recipe("nano_warmup", tmp_path_factory.mktemp("warmup"), steps=10, lr=3e-3, tokenizer_samples=3,
                vocab_size=600, model=SMALL)
     return r, start_checkpoint(r)
 
@@ -48,11 +48,11 @@ def test_a_fresh_nano_model_sees_its_images(scratch):
     assert cos.min() < 0.9
 
 
-def test_the_four_recipes_run_in_order(scratch, tmp_path):
-    pretrain, _ = scratch
-    losses = run_stage(pretrain)
+def test_the_recipes_run_in_order(scratch, tmp_path):
+    warmup, _ = scratch
+    losses = run_stage(warmup)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
-    previous = pretrain.out
+    previous = warmup.out
     for stage, name in STAGES[1:]:
         extra = dict(group_size=2, max_new_tokens=6) if stage == "rl" else {}
         run_stage(recipe(name, tmp_path / stage, steps=2, init=f"{previous}/final", **extra))
