@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 from glmv.train.recipe import Recipe
@@ -66,6 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.bundle and done:
         last = args.run / done[-1][0] / "final"
         bundle(last, BUNDLED)
+        # the numbers behind the card travel with the model: per-stage evaluations and training logs
+        (BUNDLED / "eval").mkdir()
+        for f in sorted(args.run.glob("eval-*.json")) + sorted(args.run.glob("valreward-*.json")):
+            shutil.copy(f, BUNDLED / "eval" / f.name)
+        (BUNDLED / "logs").mkdir()
+        for name, _ in done:
+            shutil.copy(args.run / name / "log.jsonl", BUNDLED / "logs" / f"{name}.jsonl")
         notes = Path(args.notes).read_text() if args.notes else ""
         if {"sft", "rl"} <= {name for name, _ in done}:
             notes = rl_gain(args.run, args.limit) + "\n\n" + notes
