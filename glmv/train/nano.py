@@ -71,7 +71,7 @@ def init_weights(model: GlmvForConditionalGeneration, std: float = 0.02, seed: i
         elif ".merger." in name:
             # The projector is not a residual branch: LeCun-normal keeps image embeddings at unit scale, so
             # they are not drowned by the decoder's residual stream (a 0.02-std projector gave ~0.003-std image
-            # embeddings, and the vision tower never learned: see the model card).
+            # embeddings, and the vision tower never learned: docs/training.md).
             p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
         else:
             residual = name.endswith(("o_proj.weight", "down_proj.weight", "down_proj", "attn.proj.weight"))
