@@ -58,6 +58,9 @@ class Recipe:
         for required in ("stage", "out"):
             if required not in data:
                 raise ConfigError(f"recipe {path}: missing the required key {required!r}")
+        if not isinstance(data.get("freeze", []), list) or not all(isinstance(f, str) for f in data.get("freeze", [])):
+            raise ConfigError(f"recipe {path}: 'freeze' must be a list of parameter-name prefixes, "
+                              f"e.g. [visual.blocks], got {data['freeze']!r}")
         recipe = cls(**data)
         if recipe.stage not in STAGES:
             raise ConfigError(f"recipe {path}: stage must be one of {STAGES}, got {recipe.stage!r}")

@@ -32,7 +32,12 @@ from glmv.train.checkpoint import (
 )
 from glmv.train.data import Example, Mixture, collate
 from glmv.train.recipe import Recipe
-from glmv.train.trainer import balance_routers, lr_lambda, to_device
+from glmv.train.trainer import (
+    balance_routers,
+    lr_lambda,
+    to_device,
+    trainable_parameters,
+)
 from glmv.weights import load_model
 
 FLOOR = 0.05  # curriculum weight every task keeps
@@ -112,7 +117,8 @@ class GRPOTrainer:
         reference = load_model(self.model_dir, dtype=torch.float32, device=self.device, progress=False).eval()
         reference.requires_grad_(False)
         llm = LLM.from_model(policy, self.model_dir)
-        opt = torch.optim.AdamW(policy.parameters(), lr=r.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        trainable = [p for _, p in trainable_parameters(policy, r.freeze)]
+        opt = torch.optim.AdamW(trainable, lr=r.lr, betas=(0.9, 0.95), weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(r))
         curriculum = Curriculum(self.mixture.tasks)
         state = restore_training(start_dir, opt, sched)
@@ -158,7 +164,7 @@ class GRPOTrainer:
                 per_token = (pg + r.kl_coef * kl) * mask
                 loss = (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), r.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(trainable, r.max_grad_norm)
                 opt.step()
                 with torch.no_grad():
                     balance_routers(policy)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from glmv.errors import ConfigError
 from glmv.inputs.processor import Processor
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model.moe import Router
@@ -66,6 +67,18 @@ def balance_routers(model: torch.nn.Module) -> None:
             m.last_load = None
 
 
+def trainable_parameters(model: torch.nn.Module, freeze: list[str]) -> list[tuple[str, torch.nn.Parameter]]:
+    """Fix every parameter whose name starts with one of the `freeze` prefixes; return the others by name."""
+    names = [n for n, _ in model.named_parameters()]
+    unknown = [f for f in freeze if not any(n.startswith(f) for n in names)]
+    if unknown:
+        raise ConfigError(f"recipe 'freeze' prefixes {unknown} match no parameter of the model; parameter names "
+                          f"look like {names[:3]}")
+    for n, p in model.named_parameters():
+        p.requires_grad_(not n.startswith(tuple(freeze)))
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -106,9 +119,7 @@ class Trainer:
         r = self.recipe
         start_dir = latest_checkpoint(self.out) if resume else None
         model = load_model(start_dir or self.model_dir, dtype=torch.float32, device=self.device, progress=False).train()
-        for n, p in model.named_parameters():
-            p.requires_grad_(not n.startswith(tuple(r.freeze)))
-        trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        trainable = trainable_parameters(model, r.freeze)
         decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n]
         no_decay = [p for n, p in trainable if p.ndim < 2 or "embed" in n]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay},

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import glmv
+from glmv.errors import ConfigError
 from glmv.testing.tiny_checkpoint import logits_gap_to_reference, make_tiny_model_dir
 from glmv.train.data import IGNORE, encode_example
 from glmv.train.recipe import Recipe
@@ -73,3 +74,12 @@ def test_frozen_parameters_stay_put(base, tmp_path):
     changed = {n for n in old if not torch.equal(old[n], new[n])}
     assert changed and not any(n.startswith("visual.blocks") for n in changed)
     assert any(n.startswith("visual.merger") for n in changed)
+
+
+def test_bad_freeze_lists_are_clear_errors(base, tmp_path):
+    with pytest.raises(ConfigError, match="match no parameter"):
+        make_trainer(base, tmp_path, steps=1, freeze=["visual.blokcs"]).train()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: sft\nout: x\ntasks: {colour: 1}\nfreeze: visual.blocks\n")
+    with pytest.raises(ConfigError, match="must be a list"):
+        Recipe.load(recipe)
