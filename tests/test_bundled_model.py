@@ -48,7 +48,7 @@ def test_bundled_model_answers_in_the_trained_format(llm, task):
 # Accuracy on the first N_READ test samples, floors a margin below what the bundled model scores there (colour
 # 1.00, count 0.50), each above the best constant answer (colour ~0.2, count "1": 0.33), so a model answering from
 # language priors fails them. Shape is left out: this model answers it barely above chance (card: 0.38).
-FLOORS = {"color": 0.8, "count": 0.45}
+FLOORS = {"color": 0.8, "count": 0.4}
 N_READ = 30
 
 
