@@ -32,14 +32,19 @@ def llm():
     return LLM(progress=False)
 
 
-@pytest.mark.parametrize("task", sorted(FORMATS))
-def test_bundled_model_answers_in_the_trained_format(llm, task):
+def answer_test_samples(llm, task: str, n: int, max_tokens: int):
+    """The first n test samples of a task and the model's greedy answers to them, thinking off."""
     from glmv import SamplingParams
     from glmv.world import sample
 
-    samples = [sample(task, "test", i) for i in range(N)]
-    outs = llm.chat([s.messages() for s in samples], SamplingParams(temperature=0, max_tokens=40, skip_special_tokens=False),
-                    enable_thinking=False)
+    samples = [sample(task, "test", i) for i in range(n)]
+    params = SamplingParams(temperature=0, max_tokens=max_tokens, skip_special_tokens=False)
+    return samples, llm.chat([s.messages() for s in samples], params, enable_thinking=False)
+
+
+@pytest.mark.parametrize("task", sorted(FORMATS))
+def test_bundled_model_answers_in_the_trained_format(llm, task):
+    _, outs = answer_test_samples(llm, task, N, max_tokens=40)
     for o in outs:
         assert re.search(FORMATS[task], o.outputs[0].text), o.outputs[0].text
         assert o.outputs[0].finish_reason == "stop"  # it learned to end its turn
@@ -54,12 +59,9 @@ N_READ = 30
 
 @pytest.mark.parametrize("task", sorted(FLOORS))
 def test_bundled_model_reads_its_images(llm, task):
-    from glmv import SamplingParams
-    from glmv.world import TASKS, sample
+    from glmv.world import TASKS
 
-    samples = [sample(task, "test", i) for i in range(N_READ)]
-    outs = llm.chat([s.messages() for s in samples], SamplingParams(temperature=0, max_tokens=16, skip_special_tokens=False),
-                    enable_thinking=False)
+    samples, outs = answer_test_samples(llm, task, N_READ, max_tokens=16)
     answers = [o.outputs[0].text for o in outs]
     accuracy = sum(TASKS[task].score(a, s) for a, s in zip(answers, samples)) / N_READ
     assert accuracy >= FLOORS[task], (accuracy, answers)
