@@ -52,6 +52,11 @@ def read_header(path: Path) -> list[TensorEntry]:
     header.pop("__metadata__", None)
     base, entries = 8 + n, []
     for name, info in header.items():
+        if isinstance(info, dict) and isinstance(info.get("dtype"), str) and info["dtype"] not in DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} is stored as {info['dtype']}, which glmv does not read (it reads "
+                f"{', '.join(DTYPES)}); re-export the checkpoint in one of those"
+            )
         try:
             dtype = DTYPES[info["dtype"]]
             shape = tuple(int(s) for s in info["shape"])

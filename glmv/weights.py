@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from glmv.config import GlmvConfig
-from glmv.errors import CheckpointError
+from glmv.config import GlmvConfig, TextConfig
+from glmv.errors import CheckpointError, ConfigError
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model.moe import Router
 from glmv.safetensors_file import TensorEntry, read_header, read_into
@@ -80,14 +80,30 @@ def _target(
     return None
 
 
+def _index_files(index: Path) -> list[str]:
+    """The shard file names model.safetensors.index.json lists, in first-seen order."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
+    if isinstance(weight_map, dict):
+        bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None)
+        got = f"{bad[1]!r} for {bad[0]!r}" if bad else None
+    else:
+        got = f"a JSON {type(weight_map).__name__}"
+    if got:
+        raise CheckpointError(
+            f"{index}: weight_map must map each tensor name to the file that holds it "
+            f'({{"lm_head.weight": "model-00001-of-00002.safetensors", ...}}), got {got}; re-download the index, '
+            "or delete it to load every *.safetensors file of the directory"
+        )
+    return list(dict.fromkeys(weight_map.values()))
+
+
 def _shards(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
-        files = [path / f for f in dict.fromkeys(weight_map.values())]
+        files = [path / f for f in _index_files(index)]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise CheckpointError(f"{index} lists shards that are not there: {', '.join(missing)}")
@@ -96,6 +112,21 @@ def _shards(path: Path) -> list[Path]:
     if not files:
         raise CheckpointError(f"{path}: no *.safetensors files (glmv reads the Hugging Face safetensors layout)")
     return files
+
+
+def _check_fits(config: GlmvConfig, files: list[Path]) -> None:
+    """ConfigError when config.json describes more weights than the checkpoint's files hold bytes: no dtype is
+    smaller than a byte, so that config belongs to another model, and building it would first try to allocate
+    all of it (a 10**12 vocabulary, 10**9 experts) before any tensor is compared."""
+    counts = config.weight_counts()
+    total, nbytes = sum(counts.values()), sum(f.stat().st_size for f in files)
+    if total > nbytes:
+        part, n = max(counts.items(), key=lambda item: item[1])
+        raise ConfigError(
+            f"config.json describes a model of at least {total:,} weights, but the checkpoint's safetensors files "
+            f"hold only {nbytes:,} bytes; the largest part ({part}) alone is {n:,} weights. Correct those fields "
+            "of config.json: it does not belong to these weights"
+        )
 
 
 def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device) -> GlmvForConditionalGeneration:
@@ -109,9 +140,66 @@ def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device) -
     return model
 
 
-def _checkpoint_dtype(config: GlmvConfig) -> torch.dtype:
-    name = config.raw.get("dtype") or config.raw.get("torch_dtype") or "float32"
-    return getattr(torch, str(name).replace("torch.", ""), torch.float32)
+def _is_mtp_layer(config: TextConfig, key: str) -> bool:
+    """Whether checkpoint tensor `key` belongs to a multi-token-prediction layer the config declares: GLM-4.5
+    stores num_nextn_predict_layers of them right after the num_hidden_layers decoder layers, and the reference
+    skips them. Any other layer past the decoder is unexpected (a config with too few layers, not an MTP layer)."""
+    layer = re.match(r"language_model\.layers\.(\d+)\.", engine_name(key) or "")
+    first = config.num_hidden_layers
+    return layer is not None and first <= int(layer.group(1)) < first + config.num_nextn_predict_layers
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _match(
+    config: GlmvConfig, model: GlmvForConditionalGeneration, shards: list[tuple[Path, list[TensorEntry]]]
+) -> tuple[list[tuple[Path, TensorEntry, torch.Tensor]], dict[str, list[str]]]:
+    """(what to read into which tensor, problems by kind) from the shard headers alone, before reading a byte."""
+    tensors = checkpoint_tensors(model)
+    plan: list[tuple[Path, TensorEntry, torch.Tensor]] = []
+    found: set[str] = set()
+    problems: dict[str, list[str]] = {"missing": [], "unexpected": [], "shape mismatch": [], "dtype mismatch": []}
+    for file, entries in shards:
+        for entry in entries:
+            if _is_mtp_layer(config.text, entry.name):
+                continue
+            target = _target(model, tensors, entry.name)
+            if target is None:
+                problems["unexpected"].append(entry.name)
+                continue
+            names, tensor = target
+            found.update(names)  # a mis-shaped or mis-typed tensor is reported as such, not also as missing
+            if tuple(tensor.shape) != entry.shape:
+                shapes = f"checkpoint {list(entry.shape)}, model {list(tensor.shape)}"
+                problems["shape mismatch"].append(f"{entry.name}: {shapes}")
+            elif tensor.dtype.is_floating_point and not entry.dtype.is_floating_point:
+                # Integer or bool data cast to float would load silently as meaningless weights.
+                problems["dtype mismatch"].append(
+                    f"{entry.name}: checkpoint {_dtype_name(entry.dtype)}, model {_dtype_name(tensor.dtype)}"
+                )
+            else:
+                plan.append((file, entry, tensor))
+    problems["missing"] = [k for k in tensors if k not in found]
+    if config.tie_word_embeddings:
+        problems["missing"] = [k for k in problems["missing"] if k != "lm_head.weight"]
+    return plan, problems
+
+
+def _raise_problems(path: Path, problems: dict[str, list[str]]) -> None:
+    """One CheckpointError listing every missing, unexpected, mis-shaped and mis-typed tensor, if there are any."""
+    if not any(problems.values()):
+        return
+    lines = [f"checkpoint {path} does not match the model its config.json describes:"]
+    for title, items in problems.items():
+        if items:
+            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
+            lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
+    if problems["dtype mismatch"]:
+        lines.append("  floating-point weights load only from floating-point data: re-export those tensors as "
+                     "float32, bfloat16 or float16")
+    raise CheckpointError("\n".join(lines))
 
 
 def load_model(
@@ -120,8 +208,9 @@ def load_model(
     """Load a GLM-V checkpoint directory into a glmv model in eval mode.
 
     dtype: torch dtype or its name ("bfloat16"); None keeps the checkpoint's dtype (config.json "dtype").
-    Raises ConfigError for a bad config.json and CheckpointError for missing/corrupt/mismatched weights (all
-    missing, unexpected and mis-shaped tensors are listed together).
+    Raises ConfigError for a bad config.json (including one that describes more weights than the files hold) and
+    CheckpointError for missing/corrupt/mismatched weights (all missing, unexpected, mis-shaped and mis-typed
+    tensors are listed together).
     """
     path = Path(path)
     if not path.is_dir():
@@ -131,41 +220,15 @@ def load_model(
         dtype = getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise CheckpointError("dtype must be a torch dtype name such as 'float32' or 'bfloat16'")
-    dtype = dtype or _checkpoint_dtype(config)
+    dtype = dtype or getattr(torch, config.dtype)
     device = torch.device(device)
-    shards = [(f, read_header(f)) for f in _shards(path)]  # validates every file before any work
+    files = _shards(path)
+    shards = [(f, read_header(f)) for f in files]  # validates every file before any work
+    _check_fits(config, files)
 
     model = _materialize(config, dtype, device)
-    tensors = checkpoint_tensors(model)
-    plan: list[tuple[Path, TensorEntry, torch.Tensor]] = []
-    found: set[str] = set()
-    unexpected, mismatched = [], []
-    for file, entries in shards:
-        for entry in entries:
-            layer = re.search(r"language_model\.layers\.(\d+)\.", entry.name)
-            if layer and int(layer.group(1)) >= config.text.num_hidden_layers:
-                continue  # multi-token-prediction layers are not part of the model (the reference skips them too)
-            target = _target(model, tensors, entry.name)
-            if target is None:
-                unexpected.append(entry.name)
-                continue
-            names, tensor = target
-            if tuple(tensor.shape) != entry.shape:
-                mismatched.append(f"{entry.name}: checkpoint {list(entry.shape)}, model {list(tensor.shape)}")
-                found.update(names)  # reported as a mismatch, not also as missing
-                continue
-            plan.append((file, entry, tensor))
-            found.update(names)
-    missing = [k for k in tensors if k not in found]
-    if config.tie_word_embeddings:
-        missing = [k for k in missing if k != "lm_head.weight"]
-    if missing or unexpected or mismatched:
-        lines = [f"checkpoint {path} does not match the model its config.json describes:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
-        raise CheckpointError("\n".join(lines))
+    plan, problems = _match(config, model, shards)
+    _raise_problems(path, problems)
 
     total = sum(e.nbytes for _, e, _ in plan)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="Loading weights", disable=None if progress else True)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+DEVICE_HELP = "auto (the default: CUDA if available, else MPS, else CPU), cpu, cuda, cuda:1 or mps"
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default=None,
                    help="checkpoint directory (Hugging Face layout); default: the bundled nano GLM-V")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

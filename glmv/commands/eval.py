@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from glmv.commands._common import DEVICE_HELP
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, default=50, help="samples per task (default 50)")
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens per answer (default 256)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per engine batch / concurrent requests")
-    p.add_argument("--device", default="cpu", help="for --model: cpu (default), cuda, ...")
+    p.add_argument("--device", default="auto", help="for --model: " + DEVICE_HELP)
     p.add_argument("--dtype", default=None, help="for --model: float32, bfloat16 or float16")
     think = p.add_mutually_exclusive_group()
     think.add_argument("--think", dest="think", action="store_true", default=None, help="let the model reason first")

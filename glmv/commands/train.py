@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glmv.commands._common import DEVICE_HELP
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,7 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, help="override the recipe's output directory")
     p.add_argument("--init", default=None, help="override the recipe's starting checkpoint")
     p.add_argument("--steps", type=int, default=None, help="override the number of steps")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + "; bf16 autocast on cuda")
     p.set_defaults(func=run)
 
 
@@ -32,9 +34,11 @@ def recipe_path(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from glmv.device import resolve_device
     from glmv.train.pipeline import run_stage
     from glmv.train.recipe import Recipe
 
+    device = resolve_device(args.device)  # before a stage may spend minutes building its starting checkpoint
     recipe = Recipe.load(recipe_path(args.recipe), out=args.out, init=args.init, steps=args.steps)
-    run_stage(recipe, resume=args.resume, stop_after=args.stop_after, device=args.device)
+    run_stage(recipe, resume=args.resume, stop_after=args.stop_after, device=device)
     return 0

@@ -5,6 +5,11 @@ merged into the running batch: continuous batching), samples, turns tokens into 
 to each request's asyncio queue. Media loading and preprocessing run in a thread pool, off both the event
 loop and the engine thread. A full queue is refused at once; a cancelled request leaves the batch at the
 next step and its cache rows are freed.
+
+One request never hurts another: each is checked alone before it joins a batch (Engine.check), a request's
+n samples may join over several steps (so no request waits for a whole empty batch or blocks the queue),
+and when a batched prefill or sampling step raises, the request at fault is found by running each alone and
+only it fails. Clients see GlmvError messages; any other exception text stays in the server log.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ from typing import Any
 
 import torch
 
-from glmv.engine.engine import Batch
+from glmv.engine.engine import Batch, Sequence
 from glmv.engine.llm import LLM, Request, StreamDelta
 from glmv.engine.outputs import RequestOutput
-from glmv.engine.sampling import SamplingParams
-from glmv.errors import GlmvError
+from glmv.engine.sampling import Sampler, SamplingParams
+from glmv.errors import GlmvError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +52,19 @@ class Handle:
     submitted: float = field(default_factory=time.monotonic)
     first_token: float | None = None
     cancelled: bool = False
-    error: BaseException | None = None
+    pending: list[int] = field(init=False)  # indices of the samples not yet admitted to the batch
+    closed: set[int] = field(default_factory=set)  # samples whose last delta has been put
+
+    def __post_init__(self) -> None:
+        self.pending = list(range(len(self.request.seqs)))
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def fail(self, error: GlmvError) -> None:
+        """End this request with `error`; its running samples leave the batch at the next step."""
+        self.cancelled = True
+        self._put(error)
 
     def _put(self, item: StreamDelta | BaseException | None) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
@@ -64,9 +78,12 @@ class Handle:
                 raise item
             yield item
 
-    @property
-    def finished(self) -> bool:
-        return all(s.finished for s in self.request.seqs)
+    def close(self, k: int) -> None:
+        """Sample k has put its last delta; after the last sample, the iteration ends."""
+        if k not in self.closed:
+            self.closed.add(k)
+            if len(self.closed) == len(self.request.seqs):
+                self._put(None)
 
 
 class AsyncEngine:
@@ -99,13 +116,16 @@ class AsyncEngine:
         """Prepare (in the media pool) and enqueue one conversation. Raises QueueFullError at once when the
         queue is full, and InputError/ContextLengthError for bad input, before anything is queued."""
         return await self._enqueue(
-            lambda: self.llm.prepare_chat([messages], params, enable_thinking, tools, **template_kwargs)[0])
+            params, lambda: self.llm.prepare_chat([messages], params, enable_thinking, tools, **template_kwargs)[0])
 
     async def submit_prompt(self, prompt: str | list[int], params: SamplingParams) -> Handle:
         """Enqueue an already formatted text prompt (or token ids): no chat template, no media."""
-        return await self._enqueue(lambda: self.llm.prepare_prompt(prompt, params))
+        return await self._enqueue(params, lambda: self.llm.prepare_prompt(prompt, params))
 
-    async def _enqueue(self, prepare) -> Handle:
+    async def _enqueue(self, params: SamplingParams, prepare) -> Handle:
+        if params.n > self.max_batch:
+            raise InputError(f"n is {params.n}, but this server decodes at most {self.max_batch} sequences at "
+                             f"once (--max-batch); ask for n <= {self.max_batch}")
         with self.lock:
             if self.queue_depth >= self.max_queue:
                 raise QueueFullError(f"the server is busy ({self.queue_depth} requests waiting); retry shortly")
@@ -123,8 +143,7 @@ class AsyncEngine:
         return handle
 
     def _checked(self, request: Request) -> Request:
-        for seq in request.seqs:
-            self.llm.engine.check_length(seq)  # context errors surface to this caller, not in the loop
+        self.llm.engine.check(request.seqs[0])  # the samples share the prompt; errors reach this caller alone
         return request
 
     def output(self, handle: Handle) -> RequestOutput:
@@ -139,35 +158,86 @@ class AsyncEngine:
 
     # --- the engine thread -----------------------------------------------------------------------------------
     def _admit(self, batch: Batch | None) -> Batch | None:
-        """Prefill waiting requests that fit and merge them into the running batch (blocks while idle)."""
+        """Prefill the waiting samples that fit and merge them into the running batch (blocks while idle)."""
         with self.wake:
             while not self.stopped and batch is None and not self.waiting:
                 self.wake.wait()
             room = self.max_batch - (len(batch.seqs) if batch else 0)
-            new = []
-            while self.waiting and room >= len(self.waiting[0].request.seqs):
-                h = self.waiting.popleft()
-                room -= len(h.request.seqs)
+            groups: list[tuple[Handle, list[int]]] = []
+            while self.waiting and room > 0:
+                h = self.waiting[0]
                 if h.cancelled:
-                    h._put(None)
-                else:
-                    new.append(h)
-        if not new:
+                    self.waiting.popleft()
+                    self._drop_pending(h)
+                    continue
+                take, h.pending = h.pending[:room], h.pending[room:]  # n > room: the rest joins later
+                room -= len(take)
+                groups.append((h, take))
+                if not h.pending:
+                    self.waiting.popleft()
+        if not groups:
             return batch
-        try:
-            fresh = self.llm.engine.prefill([s for h in new for s in h.request.seqs])
-        except Exception as e:  # whatever the checks let through must not take the loop down
-            log.exception("prefill failed")
-            for h in new:
-                h._put(e if isinstance(e, GlmvError) else GlmvError(f"generation failed: {e}"))
+        fresh = self._prefill(groups)
+        if fresh is None:
             return batch
-        for h in new:
-            for k, seq in enumerate(h.request.seqs):
-                self.owners[id(seq)] = (h, k)
         if batch is None:
             return fresh
         batch.merge(fresh)
         return batch
+
+    def _prefill(self, groups: list[tuple[Handle, list[int]]]) -> Batch | None:
+        """One batched prefill; if it raises, each request alone, failing only those that raise."""
+        try:
+            fresh = self.llm.engine.prefill(self._seqs(groups))
+        except Exception as e:
+            if len(groups) == 1:
+                self._fail(groups[0][0], e)
+                return None
+            log.warning("batched prefill failed (%s); prefilling its %d requests one by one", e, len(groups))
+            fresh, kept = None, []
+            for group in groups:
+                try:
+                    part = self.llm.engine.prefill(self._seqs([group]))
+                except Exception as e1:
+                    self._fail(group[0], e1)
+                    continue
+                kept.append(group)
+                if fresh is None:
+                    fresh = part
+                else:
+                    fresh.merge(part)
+            groups = kept
+        for h, ks in groups:
+            for k in ks:
+                self.owners[id(h.request.seqs[k])] = (h, k)
+        return fresh
+
+    @staticmethod
+    def _seqs(groups: list[tuple[Handle, list[int]]]) -> list[Sequence]:
+        return [h.request.seqs[k] for h, ks in groups for k in ks]
+
+    @staticmethod
+    def _drop_pending(h: Handle) -> None:
+        """A cancelled request leaves the queue: its samples not yet admitted end as aborted."""
+        pending, h.pending = h.pending, []
+        for k in pending:
+            h.request.seqs[k].finish_reason = "abort"
+            h.close(k)
+
+    def _fail(self, h: Handle, error: BaseException) -> None:
+        """Fail one request: a GlmvError says what was wrong; anything else is logged, never sent."""
+        if isinstance(error, GlmvError):
+            log.info("request %s refused: %s", h.request.request_id, error)
+        else:
+            log.error("request %s failed", h.request.request_id, exc_info=error)
+            error = GlmvError("generation failed (an internal error; the server log has the details)")
+        h.fail(error)
+        with self.lock:
+            h.pending = []
+        for k, seq in enumerate(h.request.seqs):  # running samples end at the next step, as cancelled ones do
+            if id(seq) not in self.owners:
+                seq.finish_reason = seq.finish_reason or "abort"
+                h.close(k)
 
     def _run(self) -> None:
         with torch.inference_mode():
@@ -181,31 +251,69 @@ class AsyncEngine:
                 batch = self._admit(batch)
                 if batch is None:
                     continue
-                step = engine.sample(batch)
+                step = self._sample(batch)
                 now = time.monotonic()
                 for seq, _ in step:
                     self._emit(seq, now)
                 if not engine.advance(batch):
                     batch = None
-            except Exception as e:  # fail the requests in flight, keep serving the next ones
-                log.exception("engine step failed")
-                for h, _ in {id(h): (h, k) for h, k in self.owners.values()}.values():
-                    h._put(GlmvError(f"generation failed: {e}"))
+            except Exception as e:  # not one request's fault: fail the requests in flight, keep serving
+                handles = {id(h): h for h, _ in self.owners.values()}.values()
                 self.owners.clear()
+                for h in handles:
+                    self._fail(h, e)
                 batch = None
 
-    def _emit(self, seq, now: float) -> None:
+    def _sample(self, batch: Batch) -> list[tuple[Sequence, int]]:
+        """Engine.sample; if it raises, the rows that raise when sampled alone fail their requests, the rest
+        is sampled again without them."""
+        try:
+            return self.llm.engine.sample(batch)
+        except Exception as e:
+            handle = lambda j: self.owners[id(batch.seqs[j])][0]
+            bad = {id(handle(j)): handle(j) for j in range(len(batch.seqs)) if not self._samples_alone(batch, j)}
+            keep = [j for j in range(len(batch.seqs)) if id(handle(j)) not in bad]
+            if not bad or not keep:
+                raise  # not one request's fault, or every request's: the loop fails them all
+            for j in range(len(batch.seqs)):
+                if j not in keep:
+                    batch.seqs[j].finish_reason = "abort"  # _fail closes these samples
+                    del self.owners[id(batch.seqs[j])]
+            for h in bad.values():
+                self._fail(h, e)
+            batch.keep(keep)
+            return self.llm.engine.sample(batch)
+
+    def _samples_alone(self, batch: Batch, j: int) -> bool:
+        """Whether row j can be sampled on its own (a dry run: its RNG state is put back)."""
+        seq = batch.seqs[j]
+        gen = seq.generator(batch.logits.device) if seq.params.seed is not None else None
+        state = gen.get_state() if gen is not None else None
+        try:
+            Sampler()(batch.logits[j : j + 1], [seq])
+            return True
+        except Exception:
+            return False
+        finally:
+            if gen is not None:
+                gen.set_state(state)
+
+    def _emit(self, seq: Sequence, now: float) -> None:
         """Turn `seq`'s new token into text for its handle; close the handle when all its samples are done."""
         h, k = self.owners[id(seq)]
         if h.cancelled and not seq.finished:
             seq.output_ids.pop()  # sampled after the client left: not part of the answer
             seq.finish_reason = "abort"  # the row is dropped at advance(), freeing its cache
         else:
-            delta = h.request.on_token(k)
+            try:
+                delta = h.request.on_token(k)
+            except Exception as e:  # this request's detokenizing or stop matching: it alone fails
+                del self.owners[id(seq)]
+                self._fail(h, e)
+                return
             h.first_token = h.first_token or now
             if delta or seq.finished:
                 h._put(StreamDelta(0, k, delta, seq.finish_reason))
         if seq.finished:
             del self.owners[id(seq)]
-            if h.finished:
-                h._put(None)
+            h.close(k)

@@ -18,7 +18,7 @@ from glmv.engine.sampling import Sampler, SamplingParams
 from glmv.engine.vision_cache import VisionCache
 from glmv.errors import ContextLengthError, InputError
 from glmv.model.cache import KVCache
-from glmv.model.glm4v import GlmvForConditionalGeneration
+from glmv.model.glm4v import GlmvForConditionalGeneration, check_media_slots
 from glmv.model.positions import continuation_positions, rope_index
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,8 @@ class Sequence:
         if self.params.seed is None:
             return None
         if self._generator is None:
-            self._generator = torch.Generator(device).manual_seed(self.params.seed + self.seed_offset)
+            # Wrapped to torch's unsigned 64-bit seed range, so seed + sample index never overflows.
+            self._generator = torch.Generator(device).manual_seed((self.params.seed + self.seed_offset) % 2**64)
         return self._generator
 
 
@@ -86,6 +87,18 @@ class Engine:
             )
         return min(seq.params.max_tokens, self.max_model_len - n)
 
+    def check(self, seq: Sequence) -> int:
+        """check_length, plus the checks a prefill would fail on, run for this one sequence: its media
+        placeholders (typed as the model types them) match its media and grids. A request that would fail is
+        refused alone, before it joins a batch with others."""
+        budget = self.check_length(seq)
+        ids = torch.tensor([seq.prompt_ids])
+        types = self.model.token_types(ids)
+        check_media_slots(types, seq.image_embeds, seq.video_embeds)
+        rope_index(types, _grid(seq.image_grids, "cpu"), _grid(seq.video_grids, "cpu"), None,
+                   self.model.config.vision.spatial_merge_size)
+        return budget
+
     def _stop(self, seq: Sequence, token: int, budget: int) -> None:
         p = seq.params
         stop_ids = p.stop_token_ids if p.stop_token_ids is not None else self.eos_token_ids
@@ -114,10 +127,8 @@ class Engine:
             ids[i, n - lengths[i] :] = torch.tensor(s.prompt_ids)
             mask[i, n - lengths[i] :] = 1
         ids, mask = ids.to(device), mask.to(device)
-        igrids = [g for s in seqs for g in s.image_grids]
-        vgrids = [g for s in seqs for g in s.video_grids]
-        igrid = torch.tensor(igrids, device=device) if igrids else None
-        vgrid = torch.tensor(vgrids, device=device) if vgrids else None
+        igrid = _grid([g for s in seqs for g in s.image_grids], device)
+        vgrid = _grid([g for s in seqs for g in s.video_grids], device)
         types = self.model.token_types(ids)
         positions, deltas = rope_index(types, igrid, vgrid, mask, self.model.config.vision.spatial_merge_size)
 
@@ -218,6 +229,10 @@ class Batch:
         self.deltas = torch.cat([self.deltas, other.deltas])
         self.real = torch.cat([self.real, other.real])
         self.logits = torch.cat([self.logits, other.logits])
+
+
+def _grid(grids: list[tuple[int, int, int]], device: torch.device | str) -> torch.Tensor | None:
+    return torch.tensor(grids, device=device) if grids else None
 
 
 def _media_after(types: torch.Tensor, kind: int, start: int, embeds: list[torch.Tensor]) -> list[torch.Tensor]:

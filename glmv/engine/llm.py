@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from glmv.device import resolve_device
 from glmv.engine.detokenizer import IncrementalDetokenizer
 from glmv.engine.engine import Engine, Sequence
 from glmv.engine.outputs import (
@@ -31,7 +32,7 @@ from glmv.engine.outputs import (
 from glmv.engine.sampling import SamplingParams
 from glmv.engine.session import ChatSession
 from glmv.engine.stop import StopMatcher
-from glmv.errors import InputError
+from glmv.errors import ConfigError, InputError
 from glmv.inputs.chat import normalize_messages
 from glmv.inputs.image import ImageFeatures
 from glmv.inputs.limits import MediaLimits
@@ -86,8 +87,9 @@ class LLM:
     def __init__(self, model: str | Path | None = None, dtype: torch.dtype | str | None = None,
                  device: str | torch.device = "cpu", limits: MediaLimits | None = None,
                  max_model_len: int | None = None, progress: bool = True):
+        device = resolve_device(device)  # "auto", or one this machine has: a clear error before any loading
         path = resolve_model_path(model)
-        if dtype is None and torch.device(device).type == "cpu":
+        if dtype is None and device.type == "cpu":
             dtype = torch.float32  # CPUs compute bf16 slowly and coarsely: upcast, as llama.cpp/Ollama do
         self._setup(path, load_model(path, dtype=dtype, device=device, progress=progress),
                     Processor.from_pretrained(path, limits), max_model_len)
@@ -108,9 +110,17 @@ class LLM:
         self._next_id = 0
 
     def _read_generation_config(self) -> dict:
+        """The sampling defaults of the checkpoint's generation_config.json, checked at load: a bad value there
+        would otherwise fail every request with an error that blames the client."""
+
         file = self.path / "generation_config.json"
-        config = json.loads(file.read_text()) if file.is_file() else {}
-        return {k: config[k] for k in GENERATION_DEFAULTS if k in config}
+        config = json.loads(file.read_text()) if file.is_file() else {}  # a JSON object: the tokenizer checked it
+        defaults = {k: config[k] for k in GENERATION_DEFAULTS if config.get(k) is not None}  # null: not set
+        try:
+            SamplingParams(**defaults)
+        except InputError as e:
+            raise ConfigError(f"generation_config.json: {e}; correct it in {file}") from None
+        return defaults
 
     def default_sampling_params(self) -> SamplingParams:
         """The checkpoint's generation_config.json sampling values (like vLLM), else SamplingParams defaults."""
@@ -138,6 +148,8 @@ class LLM:
         """Render, tokenize and process the media of each conversation; vision runs once for all their media."""
         proc = self.processor
         parsed = [normalize_messages(conv) for conv in conversations]
+        for messages, _ in parsed:  # refuse a huge text before any work on it
+            proc.tokenizer.check_chars(sum(map(len, _texts(messages))), self.engine.max_model_len)
         media = [proc.process_media(refs) for _, refs in parsed]  # limits apply per conversation
         images = [f for conv_images, _ in media for f in conv_images]
         videos = [f for _, conv_videos in media for f in conv_videos]
@@ -146,10 +158,12 @@ class LLM:
         for messages, media in parsed:
             n_img = sum(m.kind == "image" for m in media)
             n_vid = len(media) - n_img
-            prompt = proc.template.render(messages, True, tools, enable_thinking, **template_kwargs)
+            prompt = proc.render_chat(messages, True, tools, enable_thinking, **template_kwargs)
+            proc.tokenizer.check_fits(prompt, self.engine.max_model_len)
             imgs, vids = images[i_at : i_at + n_img], videos[v_at : v_at + n_vid]
             ids, _ = proc.encode_prompt(prompt, imgs, vids)
-            requests.append(self._request(prompt, ids, params, imgs, vids, image_embeds[i_at : i_at + n_img],
+            requests.append(self._request(proc.tokenizer.unescape(prompt), ids, params, imgs, vids,
+                                          image_embeds[i_at : i_at + n_img],
                                           video_embeds[v_at : v_at + n_vid]))
             i_at, v_at = i_at + n_img, v_at + n_vid
         return requests
@@ -173,7 +187,8 @@ class LLM:
             text = req.texts[k]
             reasoning, content = parse_reasoning(text)
             boxes = parse_boxes(content)
-            size = req.images[0].original_size if req.images else None
+            # An answer's boxes refer to the image just before it: the prompt's last one (or its only one).
+            size = req.images[-1].original_size if req.images else None
             stop_reason = req.stops[k].matched
             if stop_reason is None and seq.finish_reason == "stop" and seq.output_ids:
                 stop_reason = seq.output_ids[-1]  # the stop / eos token
@@ -230,6 +245,7 @@ class LLM:
             else:
                 raise InputError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
         if isinstance(prompt, str):
+            self.tokenizer.check_fits(prompt, self.engine.max_model_len)
             return self._request(prompt, self.tokenizer.encode(prompt), params)
         if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
             return self._request(self.tokenizer.decode(prompt), prompt, params)
@@ -238,3 +254,15 @@ class LLM:
     def start_chat(self) -> ChatSession:
         """A conversation that keeps its KV cache and image embeddings between turns."""
         return ChatSession(self)
+
+
+def _texts(messages: list[dict]) -> list[str]:
+    """The text of normalised messages: string contents and text parts."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out += [p["text"] for p in content if p.get("type") == "text"]
+    return out

@@ -28,7 +28,7 @@ class CompletionOutput:
     cumulative_logprob: float | None = None  # sum of the chosen tokens' logprobs; filled in from logprobs
     reasoning: str | None = None  # the <think> content; None when the model did not think
     answer: str | None = None  # the last boxed answer, if any
-    boxes: list[list[float]] = field(default_factory=list)  # in pixels of the first image when there is one
+    boxes: list[list[float]] = field(default_factory=list)  # in pixels of the image they refer to (see LLM)
 
     def __post_init__(self) -> None:
         if self.cumulative_logprob is None and self.logprobs:
@@ -99,11 +99,12 @@ def parse_boxes(text: str) -> list[list[float]]:
 
 
 def boxes_to_pixels(boxes: list[list[float]], width: int, height: int) -> list[list[int]]:
-    """Boxes in thousandths of the image (GLM-V's convention) -> pixel boxes of a width x height image."""
+    """Boxes in thousandths of the image (GLM-V's convention) -> pixel boxes [left, top, right, bottom] of a
+    width x height image, clamped to it, corners ordered whichever way the model wrote them."""
     out = []
     for x1, y1, x2, y2 in boxes:
-        xs = [min(max(round(v / 1000 * width), 0), width) for v in (x1, x2)]
-        ys = [min(max(round(v / 1000 * height), 0), height) for v in (y1, y2)]
+        xs = sorted(min(max(round(v / 1000 * width), 0), width) for v in (x1, x2))
+        ys = sorted(min(max(round(v / 1000 * height), 0), height) for v in (y1, y2))
         out.append([xs[0], ys[0], xs[1], ys[1]])
     return out
 

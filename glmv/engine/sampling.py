@@ -19,6 +19,8 @@ from glmv.errors import InputError
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy, like vLLM
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
+INT64 = (-(2**63), 2**63 - 1)  # seeds: a signed 64-bit integer, as the OpenAI API documents
+MAX_TOP_K = 2**31 - 1  # far above any vocabulary; bounds what the sampler puts in a tensor
 
 
 def _real(x: object) -> bool:
@@ -62,7 +64,8 @@ class SamplingParams:
             (_integer(self.n) and self.n >= 1, f"n must be an integer >= 1, got {self.n!r}"),
             (_real(self.temperature) and self.temperature >= 0, f"temperature must be >= 0, got {self.temperature!r}"),
             (_real(self.top_p) and 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p!r}"),
-            (_integer(self.top_k) and self.top_k >= 0, f"top_k must be -1, 0 or a positive integer, got {self.top_k!r}"),
+            (_integer(self.top_k) and 0 <= self.top_k <= MAX_TOP_K,
+             f"top_k must be -1, 0 or an integer in [1, {MAX_TOP_K}], got {self.top_k!r}"),
             (_real(self.min_p) and 0 <= self.min_p <= 1, f"min_p must be in [0, 1], got {self.min_p!r}"),
             (_real(self.repetition_penalty) and self.repetition_penalty > 0,
              f"repetition_penalty must be > 0, got {self.repetition_penalty!r}"),
@@ -70,7 +73,8 @@ class SamplingParams:
              f"presence_penalty must be in [-2, 2], got {self.presence_penalty!r}"),
             (_real(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
              f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty!r}"),
-            (self.seed is None or _integer(self.seed), f"seed must be an integer or None, got {self.seed!r}"),
+            (self.seed is None or (_integer(self.seed) and INT64[0] <= self.seed <= INT64[1]),
+             f"seed must be an integer in [{INT64[0]}, {INT64[1]}] or None, got {self.seed!r}"),
             (_integer(self.max_tokens) and self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens!r}"),
             (_integer(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens,
              f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}"),

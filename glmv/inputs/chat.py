@@ -7,6 +7,7 @@ controls, a ``tojson`` that does not HTML-escape, ``raise_exception`` and ``strf
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -90,12 +91,24 @@ def _media_source(part: dict, kind: str, where: str) -> Any:
     ptype = part.get("type")
     if ptype in ("image_url", "video_url"):
         value = part.get(ptype)
-        value = value.get("url") if isinstance(value, dict) else value
+        if isinstance(value, dict):  # the OpenAI shape {"url": ...}; the bare value is a source or a frame list
+            value = value.get("url")
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"{where}: {ptype}.url must be a string (an http(s), data: or file URL), "
+                                 f"got {type(value).__name__}")
     else:
         value = part.get(kind, part.get("url", part.get("path")))
     if value is None or (isinstance(value, str) and not value):
         raise InputError(f"{where}: no {kind} given")
     return value
+
+
+# Frame rate of a video given as a frame list: positive (its duration is frames / fps) and at most 240, the fastest
+# common camera (slow-motion phone video). The sampling rules keep at most 3 frames a second, so a list shot faster
+# already loses nearly every frame; larger values are mistakes or probes (1e300, inf).
+MAX_FPS = 240.0
+# Optional message fields that are text when present (checkpoint templates may add them to the prompt).
+_STRING_FIELDS = ("name", "reasoning_content", "tool_call_id")
 
 
 def normalize_messages(messages: Any) -> tuple[list[dict], list[MediaRef]]:
@@ -108,47 +121,78 @@ def normalize_messages(messages: Any) -> tuple[list[dict], list[MediaRef]]:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InputError(f"message {i}: must be an object with a 'role'")
         message = dict(message)
+        for key in _STRING_FIELDS:
+            if message.get(key) is not None and not isinstance(message[key], str):
+                raise InputError(f"message {i}: {key!r} must be a string, got {type(message[key]).__name__}")
         content = message.get("content")
         if isinstance(content, (list, tuple)):
-            parts = []
-            for j, part in enumerate(content):
-                if isinstance(part, str):
-                    part = {"type": "text", "text": part}
-                if not isinstance(part, dict):
-                    raise InputError(f"message {i}, part {j}: must be an object")
-                ptype = part.get("type") or next((k for k in ("text", "image", "video") if k in part), None)
-                if ptype == "text":
-                    if not isinstance(part.get("text"), str):
-                        raise InputError(f"message {i}, part {j} (text): 'text' must be a string")
-                    parts.append({"type": "text", "text": part["text"]})
-                elif ptype in _MEDIA_TYPES:
-                    kind = _MEDIA_TYPES[ptype]
-                    where = f"message {i}, part {j} ({kind})"
-                    fps = part.get("fps")
-                    media.append(MediaRef(kind, _media_source({**part, "type": ptype}, kind, where), where,
-                                          float(fps) if fps is not None else None))
-                    parts.append({"type": kind})
-                else:
-                    raise InputError(f"message {i}, part {j}: unsupported content type {ptype!r}")
-            message["content"] = parts
+            message["content"] = [_normalize_part(part, f"message {i}, part {j}", media)
+                                  for j, part in enumerate(content)]
         elif content is not None and not isinstance(content, str):
             raise InputError(f"message {i}: content must be a string or a list of parts")
-        if message.get("tool_calls"):
-            message["tool_calls"] = [_parse_tool_call(tc, i) for tc in message["tool_calls"]]
+        tool_calls = message.get("tool_calls")
+        if tool_calls is not None:
+            if not isinstance(tool_calls, (list, tuple)):
+                raise InputError(f"message {i}: 'tool_calls' must be a list, got {type(tool_calls).__name__}")
+            message["tool_calls"] = [_parse_tool_call(call, f"message {i}, tool call {k}")
+                                     for k, call in enumerate(tool_calls)]
         out.append(message)
     return out, media
 
 
-def _parse_tool_call(call: Any, i: int) -> dict:
-    """OpenAI sends ``function.arguments`` as a JSON string; templates iterate it as a mapping."""
+def _normalize_part(part: Any, where: str, media: list[MediaRef]) -> dict:
+    """One content part for the template; a media part is appended to ``media`` and reduced to its type."""
+    if isinstance(part, str):
+        part = {"type": "text", "text": part}
+    if not isinstance(part, dict):
+        raise InputError(f"{where}: must be an object")
+    ptype = part.get("type") or next((k for k in ("text", "image", "video") if k in part), None)
+    if ptype == "text":
+        if not isinstance(part.get("text"), str):
+            raise InputError(f"{where} (text): 'text' must be a string")
+        return {"type": "text", "text": part["text"]}
+    if isinstance(ptype, str) and ptype in _MEDIA_TYPES:
+        kind = _MEDIA_TYPES[ptype]
+        where = f"{where} ({kind})"
+        fps = _fps(part.get("fps"), where)
+        media.append(MediaRef(kind, _media_source({**part, "type": ptype}, kind, where), where, fps))
+        return {"type": kind}
+    raise InputError(f"{where}: unsupported content type {_shown(ptype)} (use text, image, image_url, video or "
+                     f"video_url)")
+
+
+def _fps(value: Any, where: str) -> float | None:
+    # Compared before float() so a huge integer is refused rather than overflowing; bool is not a rate.
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= MAX_FPS:
+        raise InputError(f"{where}: fps must be a number in (0, {MAX_FPS:g}], got {_shown(value)}")
+    return float(value)
+
+
+def _parse_tool_call(call: Any, where: str) -> dict:
+    """OpenAI sends ``function.arguments`` as a JSON string; templates iterate it as a mapping and add the name to
+    text, so both are checked here (the flat HF shape ``{"name", "arguments"}`` is accepted too)."""
     if not isinstance(call, dict):
-        raise InputError(f"message {i}: tool_calls entries must be objects")
-    function = dict(call.get("function") or call)
+        raise InputError(f"{where}: must be an object")
+    function = call.get("function")
+    function = call if function is None else function
+    if not isinstance(function, dict):
+        raise InputError(f"{where}: 'function' must be an object with a 'name', got {type(function).__name__}")
+    if not isinstance(function.get("name"), str):
+        raise InputError(f"{where}: the function's 'name' must be a string")
     arguments = function.get("arguments")
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            raise InputError(f"message {i}: tool call arguments are not valid JSON") from None
-    function["arguments"] = arguments
-    return {**call, "function": function}
+        except (ValueError, RecursionError):  # JSONDecodeError, a 5000-digit number, nesting past the stack
+            raise InputError(f"{where}: arguments are not valid JSON") from None
+    if arguments is not None and not isinstance(arguments, dict):
+        raise InputError(f"{where}: arguments must be a JSON object, got {type(arguments).__name__}")
+    return {**call, "function": {**function, "arguments": arguments}}
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short: clients can send megabytes."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

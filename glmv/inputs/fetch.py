@@ -1,6 +1,7 @@
 """Turn a media reference (bytes, path, ``data:``/``file://``/``http(s)://`` URL) into bytes or a local path, safely.
 
-Network fetches resolve the host once, refuse private/loopback/link-local/reserved addresses (unless allowed),
+Network fetches resolve the host once, refuse private/loopback/link-local/reserved addresses (unless allowed; an
+IPv6 address that carries an IPv4 one, such as NAT64 64:ff9b::a.b.c.d, is judged as that IPv4 address),
 connect to the address that was checked (so DNS rebinding cannot swap it), follow a few redirects re-checking
 each hop, cap the size and bound the total time.
 """
@@ -40,7 +41,7 @@ def read_source(source: str | bytes | Path, limits: MediaLimits, max_bytes: int)
     if scheme in ("http", "https"):
         return fetch_url(source, limits, max_bytes)
     if scheme == "file":
-        path = urllib.parse.unquote(urllib.parse.urlsplit(source).path)
+        path = urllib.parse.unquote(_split_url(source)[0].path)
         return _local_file(Path(path), max_bytes, limits.allowed_dirs)
     if len(scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise InputError(f"unsupported URL scheme {scheme!r} (use http, https, data or file)")
@@ -82,6 +83,15 @@ def _data_url(url: str, max_bytes: int) -> bytes:
     return data
 
 
+def _split_url(url: str) -> tuple[urllib.parse.SplitResult, int | None]:
+    """The URL's parts and port; a bad port (99999, "abc") or IPv6 literal ("http://[::1/") is an InputError."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return parts, parts.port
+    except ValueError as e:
+        raise InputError(f"malformed URL {url!r} ({e})") from None
+
+
 def _checked_address(host: str, port: int, limits: MediaLimits) -> str:
     """Resolve ``host`` and return one address that is allowed; refuse if any resolved address is not."""
     try:
@@ -92,11 +102,42 @@ def _checked_address(host: str, port: int, limits: MediaLimits) -> str:
     if not limits.allow_private_networks:
         for address in addresses:
             ip = ipaddress.ip_address(address.split("%", 1)[0])
-            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-                ip = ip.ipv4_mapped
-            if not ip.is_global or ip.is_multicast:
+            if not _is_public(ip):
                 raise InputError(f"URL host {host!r} resolves to a non-public address ({ip}); refused")
     return addresses[0]
+
+
+# IPv6 forms whose last 32 bits are the IPv4 address a connection reaches: NAT64's well-known prefix (RFC 6052),
+# IPv4-compatible ::a.b.c.d and IPv4-translated ::ffff:0:a.b.c.d (SIIT).
+_IPV4_IN_LAST_32_BITS = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+# NAT64 local-use prefixes (RFC 8215): each network picks where the IPv4 address goes, so none can be read out.
+_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``ip`` is a public unicast address. An IPv6 form that carries an IPv4 destination is judged by the
+    IPv4 rules: Python 3.11 calls NAT64, 6to4 and the other forms global whatever they carry (64:ff9b::a9fe:a9fe
+    reaches 169.254.169.254)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL_USE:
+            return False
+        carried = _carried_ipv4(ip)
+        if carried:
+            return all(_is_public(v4) for v4 in carried)
+    return ip.is_global and not ip.is_multicast
+
+
+def _carried_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 address stands for: mapped, 6to4, Teredo (server and client), the forms above."""
+    if ip.ipv4_mapped is not None:
+        return (ip.ipv4_mapped,)
+    if ip.teredo is not None:
+        return ip.teredo
+    if ip.sixtofour is not None:
+        return (ip.sixtofour,)
+    if any(ip in network for network in _IPV4_IN_LAST_32_BITS):
+        return (ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF),)
+    return ()
 
 
 class _PinnedHTTP(http.client.HTTPConnection):
@@ -124,10 +165,10 @@ def fetch_url(url: str, limits: MediaLimits, max_bytes: int) -> bytes:
     """GET ``url`` within the limits; every redirect hop is checked like the first URL."""
     deadline = time.monotonic() + limits.timeout_s
     for _ in range(limits.max_redirects + 1):
-        parts = urllib.parse.urlsplit(url)
+        parts, port = _split_url(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InputError(f"unsupported or malformed URL {url!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = port or (443 if parts.scheme == "https" else 80)
         address = _checked_address(parts.hostname, port, limits)
         cls = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
         conn = cls(parts.hostname, port, address, timeout=max(0.01, deadline - time.monotonic()))

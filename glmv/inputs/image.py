@@ -39,11 +39,14 @@ class VisionConfig:
         return self.patch_size * self.merge_size
 
     @classmethod
-    def from_dict(cls, d: dict, defaults: "VisionConfig | None" = None) -> "VisionConfig":
+    def from_dict(cls, d: dict, defaults: "VisionConfig | None" = None,
+                  file: str = "preprocessor_config.json") -> "VisionConfig":
+        """The settings of a checkpoint's ``file`` (keys it lacks come from ``defaults``), checked once here so a
+        bad value fails at load instead of on every image."""
         base = defaults or cls()
         size = d.get("size") or {}
         try:
-            return cls(
+            cfg = cls(
                 min_pixels=int(size.get("shortest_edge", d.get("min_pixels", base.min_pixels))),
                 max_pixels=int(size.get("longest_edge", d.get("max_pixels", base.max_pixels))),
                 patch_size=int(d.get("patch_size", base.patch_size)),
@@ -55,8 +58,33 @@ class VisionConfig:
                 resample=int(d.get("resample", base.resample)),
                 extra=dict(d),
             )
-        except (TypeError, ValueError, AttributeError) as e:
-            raise ConfigError(f"bad processor config value ({e})") from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise ConfigError(f"{file}: bad value ({e}); correct it in {file}") from None
+        cfg.validate(file)
+        return cfg
+
+    def validate(self, file: str) -> None:
+        """ConfigError naming ``file``, the field and its value, for settings the processors cannot work with."""
+        resamples = sorted(int(r) for r in Image.Resampling)
+        checks = [
+            (self.patch_size >= 1, "patch_size", self.patch_size, "a positive integer"),
+            (self.temporal_patch_size >= 1, "temporal_patch_size", self.temporal_patch_size, "a positive integer"),
+            # Placeholder counts assume GLM-V's 2x2 merge (ImageFeatures.num_tokens).
+            (self.merge_size == 2, "merge_size", self.merge_size, "2 (GLM-V merges 2x2 patches into one token)"),
+            (self.min_pixels >= 1, "min_pixels (size.shortest_edge)", self.min_pixels, "a positive integer"),
+            (self.max_pixels >= self.min_pixels, "max_pixels (size.longest_edge)", self.max_pixels,
+             f"at least min_pixels ({self.min_pixels})"),
+            (len(self.image_mean) == 3 and all(map(math.isfinite, self.image_mean)), "image_mean", self.image_mean,
+             "3 finite numbers (R, G, B)"),
+            (len(self.image_std) == 3 and all(math.isfinite(x) and x > 0 for x in self.image_std), "image_std",
+             self.image_std, "3 positive numbers (R, G, B)"),
+            (math.isfinite(self.rescale_factor) and self.rescale_factor > 0, "rescale_factor", self.rescale_factor,
+             "a positive number (1/255 for 8-bit pixels)"),
+            (self.resample in resamples, "resample", self.resample, f"a PIL resampling filter, one of {resamples}"),
+        ]
+        for ok, name, value, want in checks:
+            if not ok:
+                raise ConfigError(f"{file}: {name} must be {want}, got {value!r}; correct it in {file}")
 
 
 def smart_resize(num_frames: int, height: int, width: int, temporal_factor: int = 2, factor: int = 28,
@@ -84,6 +112,21 @@ def smart_resize(num_frames: int, height: int, width: int, temporal_factor: int 
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
+
+
+def target_size(height: int, width: int, cfg: VisionConfig, num_frames: int = 0) -> tuple[int, int]:
+    """(height, width) the processors resize ``num_frames`` frames of ``height`` x ``width`` to (an image is one
+    temporal patch); known from a header, so the size of what decoding will produce is known before it starts."""
+    return smart_resize(max(num_frames, cfg.temporal_patch_size), height, width, cfg.temporal_patch_size, cfg.factor,
+                        cfg.min_pixels, cfg.max_pixels)
+
+
+def pixel_value_bytes(height: int, width: int, cfg: VisionConfig, num_frames: int = 0) -> int:
+    """Bytes of the float32 rows ``patchify`` makes of ``num_frames`` source frames (an image: one temporal patch)
+    of ``height`` x ``width``, padded to whole temporal patches."""
+    h, w = target_size(height, width, cfg, num_frames)
+    frames = -(-max(num_frames, 1) // cfg.temporal_patch_size) * cfg.temporal_patch_size
+    return frames * h * w * 3 * 4
 
 
 def normalize_lut(cfg: VisionConfig) -> np.ndarray:
@@ -139,8 +182,7 @@ class ImageFeatures:
 
 def resize_image(image: Image.Image, cfg: VisionConfig, num_frames: int | None = None) -> Image.Image:
     """Resize once, to the smart_resize target, with PIL's filter (bicubic by default)."""
-    h, w = smart_resize(num_frames or cfg.temporal_patch_size, image.height, image.width,
-                        cfg.temporal_patch_size, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+    h, w = target_size(image.height, image.width, cfg, num_frames or 0)
     return image.resize((w, h), resample=cfg.resample)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 import warnings
 from dataclasses import dataclass, replace
@@ -23,16 +24,26 @@ from glmv.inputs.limits import MediaLimits
 
 # PIL's own bomb guard (it raises above twice this); ours runs first with the request's limit.
 Image.MAX_IMAGE_PIXELS = MediaLimits().max_image_pixels
+_DECODER_MEMORY = 128 << 20  # for a video decoder's threads: 4K frames get 5 threads, 1080p ones 21
 _IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")  # JPEG covers MPO (phone photos)
 
 
-def load_image(source: Any, limits: MediaLimits = MediaLimits()) -> Image.Image:
-    """An RGB image from a PIL image, numpy array (H, W[, C]), torch tensor (C, H, W), bytes, path or URL."""
+def load_image(source: Any, limits: MediaLimits = MediaLimits(),
+               check_size: Callable[[int, int], None] | None = None) -> Image.Image:
+    """An RGB image from a PIL image, numpy array (H, W[, C]), torch tensor (C, H, W), bytes, path or URL.
+
+    ``check_size(width, height)`` runs once the size is known and before any pixel is decoded (a request's
+    DecodeBudget raises from it).
+    """
+    check_size = check_size or (lambda width, height: None)
     if isinstance(source, Image.Image):
         _check_pixels(source.width, source.height, limits.max_image_pixels)
+        check_size(source.width, source.height)
         return to_rgb(source)
     if isinstance(source, (np.ndarray, torch.Tensor)):
-        return array_to_image(source, limits, channels_first=isinstance(source, torch.Tensor))
+        image = array_to_image(source, limits, channels_first=isinstance(source, torch.Tensor))
+        check_size(image.width, image.height)
+        return image
     data = read_source(source, limits, limits.max_image_bytes)
     if isinstance(data, Path):
         data = data.read_bytes()
@@ -41,6 +52,7 @@ def load_image(source: Any, limits: MediaLimits = MediaLimits()) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
             _check_pixels(image.width, image.height, limits.max_image_pixels)  # header only, nothing decoded yet
+            check_size(image.width, image.height)
             image.seek(0)  # first frame of an animation
             image = ImageOps.exif_transpose(image)  # decodes; honours the camera's orientation tag
             return to_rgb(image)
@@ -128,14 +140,25 @@ def _sniff_container(head: bytes) -> str | None:
     return None
 
 
+# A decoder's hook to resize each frame as soon as it is decoded: (frame, number of frames chosen) -> frame.
+FrameResize = Callable[[np.ndarray, int], np.ndarray]
+
+
+def _keep_size(frame: np.ndarray, num_frames: int) -> np.ndarray:
+    return frame
+
+
 def decode_video(
     source: Any,
     choose_indices: Callable[[VideoInfo], Sequence[int]],
     limits: MediaLimits = MediaLimits(),
     seek_gap: int | None = None,
+    resize: FrameResize = _keep_size,
 ) -> DecodedVideo:
     """Open a video file/bytes/URL, pick frame indices with ``choose_indices`` and decode only those frames.
 
+    ``choose_indices`` runs before any frame is decoded (a request's DecodeBudget raises from it); ``resize`` runs on
+    each frame right after it is decoded, so only one frame at a time is ever held at its source size.
     ``seek_gap``: jump (seek to the previous keyframe) when the next wanted frame is more than this many frames
     ahead; the default of ~10 s spans a typical keyframe interval, so a seek rarely lands behind where we are.
     """
@@ -152,18 +175,38 @@ def decode_video(
                 raise InputError("the file has no video stream")
             stream = container.streams.video[0]
             info = _video_info(container, stream, limits)
-            indices = [int(i) for i in choose_indices(info)]
-            if len(indices) > limits.max_video_frames:
-                raise MediaTooLargeError(f"{len(indices)} frames sampled, over the limit of {limits.max_video_frames}")
+            indices = _chosen(choose_indices, info, limits)
             stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = _decoder_threads(info)
             gap = seek_gap if seek_gap is not None else max(250, int(10 * info.fps))
-            by_index = _decode_selected(container, stream, sorted(set(indices)), info.fps, gap)
+
+            def keep(frame: Any) -> np.ndarray:
+                # A stream may change size mid-way; past the header's size the checks above would not hold.
+                if (frame.width, frame.height) != (info.width, info.height):
+                    raise InputError(f"video changes frame size mid-stream (from {info.width}x{info.height} to "
+                                     f"{frame.width}x{frame.height}); re-encode it at one size")
+                return resize(frame.to_ndarray(format="rgb24"), len(indices))
+
+            by_index = _decode_selected(container, stream, sorted(set(indices)), info.fps, gap, keep)
     except av.FFmpegError as e:
         raise InputError(f"corrupt or unsupported video ({e})") from None
     missing = [i for i in indices if i not in by_index]
     if missing:
         raise InputError(f"video ended before frame {missing[0]} (of {info.total_frames} announced); truncated?")
     return DecodedVideo(np.stack([by_index[i] for i in indices]), indices, info)
+
+
+def _decoder_threads(info: VideoInfo) -> int:
+    """Each decoder thread holds frames of its own (~3 bytes a pixel measured): as many threads as cores, but no
+    more than fit in _DECODER_MEMORY, so huge frames cannot multiply their memory by the core count."""
+    return max(1, min(os.cpu_count() or 1, _DECODER_MEMORY // (3 * info.width * info.height)))
+
+
+def _chosen(choose_indices: Callable[[VideoInfo], Sequence[int]], info: VideoInfo, limits: MediaLimits) -> list[int]:
+    indices = [int(i) for i in choose_indices(info)]
+    if len(indices) > limits.max_video_frames:
+        raise MediaTooLargeError(f"{len(indices)} frames sampled, over the limit of {limits.max_video_frames}")
+    return indices
 
 
 def _video_info(container: Any, stream: Any, limits: MediaLimits) -> VideoInfo:
@@ -187,8 +230,10 @@ def _video_info(container: Any, stream: Any, limits: MediaLimits) -> VideoInfo:
     return info
 
 
-def _decode_selected(container: Any, stream: Any, wanted: list[int], fps: float, seek_gap: int) -> dict[int, np.ndarray]:
-    """Frames at the ``wanted`` (sorted) indices; a frame's index comes from its timestamp (constant frame rate)."""
+def _decode_selected(container: Any, stream: Any, wanted: list[int], fps: float, seek_gap: int,
+                     keep: Callable[[Any], np.ndarray]) -> dict[int, np.ndarray]:
+    """``keep(frame)`` of the frames at the ``wanted`` (sorted) indices; a frame's index comes from its timestamp
+    (constant frame rate)."""
     start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
     out: dict[int, np.ndarray] = {}
     frames, position = container.decode(stream), -1
@@ -204,18 +249,34 @@ def _decode_selected(container: Any, stream: Any, wanted: list[int], fps: float,
                 break
         else:
             return out
-        out[target] = frame.to_ndarray(format="rgb24")
+        out[target] = keep(frame)
     return out
 
 
-def frames_to_array(frames: Sequence[Any], limits: MediaLimits) -> np.ndarray:
-    """A list of frames (PIL images, arrays, tensors) as one (T, H, W, 3) uint8 array; all must share a size."""
+def decode_frame_list(frames: Sequence[Any], fps: float, choose_indices: Callable[[VideoInfo], Sequence[int]],
+                      limits: MediaLimits = MediaLimits(), resize: FrameResize = _keep_size) -> DecodedVideo:
+    """A video given as its frames (PIL images, arrays, tensors, bytes, paths, URLs) shot at ``fps``, decoded like
+    ``decode_video``: indices are chosen from frame 0's header, then only the chosen frames (and frame 0) are
+    decoded, each resized right away. All frames must share a size."""
     if len(frames) == 0:
         raise InputError("video frame list is empty")
     if len(frames) > limits.max_video_frames:
         raise MediaTooLargeError(f"{len(frames)} video frames, over the limit of {limits.max_video_frames}")
     frame_limits = replace(limits, max_image_pixels=limits.max_frame_pixels)
-    arrays = [np.asarray(load_image(frame, frame_limits)) for frame in frames]
-    if len({a.shape for a in arrays}) != 1:
-        raise InputError("video frames differ in size")
-    return np.stack(arrays)
+    indices: list[int] = []
+
+    def choose(width: int, height: int) -> None:
+        indices.extend(_chosen(choose_indices, VideoInfo(len(frames), fps, width, height), limits))
+
+    first = np.asarray(load_image(frames[0], frame_limits, choose))
+    by_index = {0: resize(first, len(indices))} if 0 in indices else {}
+    size = first.shape
+    del first  # from here on, one frame at a time is held at its source size
+    for i in sorted(set(indices) - {0}):
+        frame = np.asarray(load_image(frames[i], frame_limits))
+        if frame.shape != size:
+            raise InputError(f"video frames differ in size: frame 0 is {size[1]}x{size[0]}, frame {i} is "
+                             f"{frame.shape[1]}x{frame.shape[0]}")
+        by_index[i] = resize(frame, len(indices))
+    info = VideoInfo(len(frames), fps, size[1], size[0])
+    return DecodedVideo(np.stack([by_index[i] for i in indices]), indices, info)

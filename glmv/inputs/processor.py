@@ -6,8 +6,9 @@ per-image results and run media work in its own workers.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,12 +20,18 @@ from glmv.inputs.chat import (
     load_chat_template,
     normalize_messages,
 )
-from glmv.inputs.image import ImageFeatures, VisionConfig, process_image
-from glmv.inputs.limits import MediaLimits
-from glmv.inputs.media import VideoInfo, decode_video, frames_to_array, load_image
+from glmv.inputs.image import ImageFeatures, VisionConfig, pixel_value_bytes, process_image
+from glmv.inputs.limits import DecodeBudget, MediaLimits
+from glmv.inputs.media import VideoInfo, decode_frame_list, decode_video, load_image
 from glmv.inputs.placeholders import MediaTokens, expand_placeholders
 from glmv.inputs.tokenizer import Tokenizer, read_json
-from glmv.inputs.video import VideoConfig, VideoFeatures, process_video, sample_indices
+from glmv.inputs.video import (
+    VideoConfig,
+    VideoFeatures,
+    process_resized_video,
+    resize_frame,
+    sample_indices,
+)
 
 IMAGE_DEFAULTS = VisionConfig(min_pixels=112 * 112, max_pixels=28 * 28 * 15000)
 
@@ -70,7 +77,18 @@ class Processor:
                tools: list[dict] | None = None, **template_kwargs: Any) -> str:
         """The prompt text, placeholders unexpanded (one ``<|image|>`` per image, one ``<|video|>`` per video)."""
         normalized, _ = normalize_messages(messages)
-        return self.template.render(normalized, add_generation_prompt, tools, enable_thinking, **template_kwargs)
+        return self.tokenizer.unescape(self.render_chat(normalized, add_generation_prompt, tools, enable_thinking,
+                                                        **template_kwargs))
+
+    def render_chat(self, normalized: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None,
+                    enable_thinking: bool | None = None, **template_kwargs: Any) -> str:
+        """Render normalised messages with the client's text marked literal (see Tokenizer.escape): the text of
+        system, user and tool messages and every string of the tool definitions. Assistant turns are the
+        model's own output played back, with their <think> and tool-call tags: they render as given.
+        Encode the result with encode_prompt."""
+        escaped = [m if m.get("role") == "assistant" else _escape_content(m, self.tokenizer.escape) for m in normalized]
+        tools = _escape_strings(tools, self.tokenizer.escape) if tools else tools
+        return self.template.render(escaped, add_generation_prompt, tools, enable_thinking, **template_kwargs)
 
     def decode(self, ids: Sequence[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         if isinstance(ids, torch.Tensor):
@@ -82,34 +100,51 @@ class Processor:
         """Load (within the limits) and process one image."""
         return process_image(load_image(source, self.limits), self.image_config)
 
-    def process_video(self, source: Any, fps: float | None = None) -> VideoFeatures:
-        """A video file/bytes/URL, or a list / (T, H, W, 3) array of frames shot at ``fps`` (default 2)."""
+    def process_video(self, source: Any, fps: float | None = None, budget: DecodeBudget | None = None,
+                      ) -> VideoFeatures:
+        """A video file/bytes/URL, or a list / (T, H, W, 3) array of frames shot at ``fps`` (default 2).
+
+        Its pixel values are charged to ``budget`` (default: a fresh one of the processor's limits) before any frame
+        is decoded, and each frame is resized as soon as it is decoded.
+        """
         cfg = self.video_config
-        if isinstance(source, (list, tuple, np.ndarray)) or (isinstance(source, torch.Tensor) and source.ndim == 4):
-            if isinstance(source, torch.Tensor):  # (T, C, H, W), the torchvision convention
-                source = list(source)
-            frames = frames_to_array(list(source), self.limits)
-            info = VideoInfo(len(frames), float(fps or 2.0), frames.shape[2], frames.shape[1])
+        budget = budget or DecodeBudget(self.limits)
+
+        def choose(info: VideoInfo) -> list[int]:
             indices = sample_indices(info, cfg)
-            return process_video(frames[indices], indices, info.fps, cfg)
-        decoded = decode_video(source, lambda info: sample_indices(info, cfg), self.limits)
-        return process_video(decoded.frames, decoded.indices, decoded.info.fps, cfg)
+            budget.charge(pixel_value_bytes(info.height, info.width, cfg.vision, len(indices)),
+                          f"the video ({len(indices)} frames of {info.width}x{info.height})")
+            return indices
+
+        resize = partial(resize_frame, cfg=cfg.vision)
+        if isinstance(source, (list, tuple, np.ndarray)) or (isinstance(source, torch.Tensor) and source.ndim == 4):
+            # a torch tensor is (T, C, H, W), the torchvision convention: its frames are (C, H, W) images
+            decoded = decode_frame_list(list(source), float(fps or 2.0), choose, self.limits, resize)
+        else:
+            decoded = decode_video(source, choose, self.limits, resize=resize)
+        return process_resized_video(decoded.frames, decoded.indices, decoded.info.fps, cfg)
 
     def process_media(self, media: Sequence[MediaRef]) -> tuple[list[ImageFeatures], list[VideoFeatures]]:
-        """Process every media item; errors name the message and part they came from."""
+        """Process every media item within one request's limits; errors name the message and part they came from."""
         n_images = sum(m.kind == "image" for m in media)
         n_videos = len(media) - n_images
         if n_images > self.limits.max_images:
             raise MediaTooLargeError(f"{n_images} images in the request, over the limit of {self.limits.max_images}")
         if n_videos > self.limits.max_videos:
             raise MediaTooLargeError(f"{n_videos} videos in the request, over the limit of {self.limits.max_videos}")
+        budget = DecodeBudget(self.limits)
+
+        def charge_image(width: int, height: int) -> None:
+            budget.charge(pixel_value_bytes(height, width, self.image_config), f"the image ({width}x{height})")
+
         images, videos = [], []
         for ref in media:
             try:
                 if ref.kind == "image":
-                    images.append(self.process_image(ref.source))
+                    image = load_image(ref.source, self.limits, charge_image)
+                    images.append(process_image(image, self.image_config))
                 else:
-                    videos.append(self.process_video(ref.source, ref.fps))
+                    videos.append(self.process_video(ref.source, ref.fps, budget))
             except InputError as e:
                 raise type(e)(f"{ref.where}: {e}") from None
         return images, videos
@@ -117,8 +152,9 @@ class Processor:
     # -- everything together ---------------------------------------------------------------------------------
     def encode_prompt(self, text: str, images: Sequence[ImageFeatures] = (), videos: Sequence[VideoFeatures] = (),
                       ) -> tuple[list[int], list[int]]:
-        """Tokenize a rendered prompt and expand its placeholders → (input ids, mm_token_type_ids)."""
-        return expand_placeholders(self.tokenizer.encode(text), images, videos, self.media_tokens,
+        """Tokenize a rendered prompt (from render_chat) and expand its placeholders → (input ids,
+        mm_token_type_ids)."""
+        return expand_placeholders(self.tokenizer.encode_chat(text), images, videos, self.media_tokens,
                                    self.tokenizer.encode, self.video_config.rule)
 
     def apply_chat_template(self, messages: list[dict] | list[list[dict]], add_generation_prompt: bool = True,
@@ -135,7 +171,7 @@ class Processor:
         for conv, media in normalized:
             n_img = sum(m.kind == "image" for m in media)
             n_vid = len(media) - n_img
-            text = self.template.render(conv, add_generation_prompt, tools, enable_thinking, **template_kwargs)
+            text = self.render_chat(conv, add_generation_prompt, tools, enable_thinking, **template_kwargs)
             rows.append(self.encode_prompt(text, images[image_at:image_at + n_img], videos[video_at:video_at + n_vid]))
             image_at, video_at = image_at + n_img, video_at + n_vid
         return self._collate(rows, images, videos)
@@ -159,3 +195,25 @@ class Processor:
             "pixel_values_videos": torch.cat([f.pixel_values for f in videos]) if videos else None,
             "video_grid_thw": torch.tensor([f.grid_thw for f in videos], dtype=torch.long) if videos else None,
         }
+
+
+def _escape_content(message: dict, escape: Callable[[str], str]) -> dict:
+    """A copy of a normalised message with its text (a string, or the text parts) escaped."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": escape(content)}
+    if isinstance(content, list):
+        return {**message, "content": [{**p, "text": escape(p["text"])} if p.get("type") == "text" else p
+                                       for p in content]}
+    return message
+
+
+def _escape_strings(value: Any, escape: Callable[[str], str]) -> Any:
+    """Every string in a JSON-like value (keys included) escaped."""
+    if isinstance(value, str):
+        return escape(value)
+    if isinstance(value, dict):
+        return {escape(k) if isinstance(k, str) else k: _escape_strings(v, escape) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escape_strings(v, escape) for v in value]
+    return value

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from glmv.inputs.image import VisionConfig, patchify, smart_resize
+from glmv.errors import ConfigError
+from glmv.inputs.image import VisionConfig, patchify, target_size
 from glmv.inputs.media import VideoInfo
 
 VIDEO_DEFAULTS = VisionConfig(min_pixels=112 * 112, max_pixels=28 * 28 * 2 * 30000)
@@ -27,9 +28,22 @@ class VideoConfig:
     max_duration: float = 300.0  # glm4v rule only: longer videos get a fixed number of samples
 
     @classmethod
-    def from_dict(cls, d: dict, rule: str) -> "VideoConfig":
-        return cls(VisionConfig.from_dict(d, VIDEO_DEFAULTS), rule, float(d.get("fps") or 2.0),
-                   float(d.get("max_duration") or 300.0))
+    def from_dict(cls, d: dict, rule: str, file: str = "video_preprocessor_config.json") -> "VideoConfig":
+        """The settings of a checkpoint's ``file``, checked once here so a bad value fails at load, not per video."""
+        return cls(VisionConfig.from_dict(d, VIDEO_DEFAULTS, file), rule, _positive(d, "fps", 2.0, file),
+                   _positive(d, "max_duration", 300.0, file))
+
+
+def _positive(d: dict, name: str, default: float, file: str) -> float:
+    """A positive finite number from the config (``default`` when absent, null or 0)."""
+    raw = d.get(name) or default
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ConfigError(f"{file}: {name} must be a positive number, got {raw!r}; correct it in {file}")
+    return value
 
 
 def _dedupe_even(indices: list[int]) -> list[int]:
@@ -101,20 +115,30 @@ class VideoFeatures:
         return self.grid_thw[1] * self.grid_thw[2] // 4
 
 
+def resize_frame(frame: np.ndarray, num_frames: int, cfg: VisionConfig) -> np.ndarray:
+    """One (H, W, 3) frame of a clip of ``num_frames`` frames to the clip's target size (the same for every frame:
+    the pixel budget covers the whole clip). Decoders call it on each frame as soon as it is decoded, so a clip is
+    never held at its source size."""
+    h, w = target_size(frame.shape[0], frame.shape[1], cfg, num_frames)
+    if (h, w) == frame.shape[:2]:
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((w, h), resample=cfg.resample))
+
+
 def resize_frames(frames: np.ndarray, cfg: VisionConfig) -> np.ndarray:
-    """All frames to one size from smart_resize with the frame count, so the pixel budget covers the whole clip."""
-    T, H, W, _ = frames.shape
-    h, w = smart_resize(max(T, cfg.temporal_patch_size), H, W, cfg.temporal_patch_size, cfg.factor,
-                        cfg.min_pixels, cfg.max_pixels)
-    if (h, w) == (H, W):
-        return frames
-    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), resample=cfg.resample)) for f in frames])
+    """Every frame of a (T, H, W, 3) clip to the clip's target size."""
+    return np.stack([resize_frame(frame, len(frames), cfg) for frame in frames])
 
 
 def process_video(frames: np.ndarray, indices: list[int], fps: float, cfg: VideoConfig = VideoConfig()) -> VideoFeatures:
     """Sampled uint8 (T, H, W, 3) frames, their source indices and the source fps → patch rows and timestamps."""
+    return process_resized_video(resize_frames(frames, cfg.vision), indices, fps, cfg)
+
+
+def process_resized_video(frames: np.ndarray, indices: list[int], fps: float, cfg: VideoConfig = VideoConfig(),
+                          ) -> VideoFeatures:
+    """``process_video`` for frames already at the clip's target size (``resize_frame``, as the decoders apply it)."""
     vision = cfg.vision
-    frames = resize_frames(frames, vision)
     if pad := -len(frames) % vision.temporal_patch_size:  # an odd count repeats the last frame
         frames = np.concatenate([frames, np.repeat(frames[-1:], pad, axis=0)])
     rows = patchify(frames, vision)

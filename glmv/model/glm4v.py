@@ -68,16 +68,10 @@ class GlmvForConditionalGeneration(nn.Module):
     ) -> torch.Tensor:
         """Token embeddings with the placeholder rows replaced by vision features, in order."""
         x = self.language_model.embed_tokens(input_ids)
-        for kind, feats, name in ((IMAGE, image_embeds, "image"), (VIDEO, video_embeds, "video")):
+        check_media_slots(types, image_embeds, video_embeds)
+        for kind, feats in ((IMAGE, image_embeds), (VIDEO, video_embeds)):
             slots = types == kind
-            n_slots = int(slots.sum())
-            n_feats = sum(f.shape[0] for f in feats) if feats else 0
-            if n_slots != n_feats:
-                raise InputError(
-                    f"the prompt has {n_slots} {name} placeholder tokens but the {name}s give {n_feats} features; "
-                    "build prompts with glmv.Processor so placeholders are expanded to match the grids"
-                )
-            if n_slots:
+            if feats:
                 x = x.masked_scatter(slots[..., None], torch.cat(feats).to(x.dtype))
         return x
 
@@ -127,3 +121,16 @@ class GlmvForConditionalGeneration(nn.Module):
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         return ModelOutput(self.lm_head(h), deltas, h if return_hidden else None)
+
+
+def check_media_slots(types: torch.Tensor, image_embeds: list[torch.Tensor] | None,
+                      video_embeds: list[torch.Tensor] | None) -> None:
+    """InputError unless the image / video placeholder tokens (as typed by token_types) match the features."""
+    for kind, feats, name in ((IMAGE, image_embeds, "image"), (VIDEO, video_embeds, "video")):
+        n_slots = int((types == kind).sum())
+        n_feats = sum(f.shape[0] for f in feats) if feats else 0
+        if n_slots != n_feats:
+            raise InputError(
+                f"the prompt has {n_slots} {name} placeholder tokens but the {name}s give {n_feats} features; "
+                "build prompts with glmv.Processor so placeholders are expanded to match the grids"
+            )

@@ -18,7 +18,7 @@ from glmv.engine.async_engine import AsyncEngine
 from glmv.engine.llm import LLM
 from glmv.serve.chat import chat_completions
 from glmv.serve.completions import completions
-from glmv.serve.errors import install_error_handlers
+from glmv.serve.errors import contained, install_error_handlers
 from glmv.serve.gate import Gate
 from glmv.serve.metrics import HttpCounter
 from glmv.serve.state import ServerState
@@ -52,10 +52,12 @@ def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
     install_error_handlers(app)
 
     @app.post("/v1/chat/completions")
+    @contained
     async def chat(request: Request) -> Response:
         return await chat_completions(request, state)
 
     @app.post("/v1/completions")
+    @contained
     async def complete(request: Request) -> Response:
         return await completions(request, state)
 

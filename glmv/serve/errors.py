@@ -7,8 +7,10 @@ become a generic 500: the traceback goes to the server log, never to the client.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -71,6 +73,25 @@ def sse_error(e: GlmvError) -> str:
     return f"data: {json.dumps(error_body(str(e), e.http_status, e.code))}\n\n"
 
 
+def internal_error_response() -> JSONResponse:
+    return error_response("internal server error; see the server log", 500, "internal_error")
+
+
+def contained(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A route whose unexpected exceptions become a 500 body here, inside the route: Starlette's last-resort
+    handler would answer too, but then re-raise, and the server would drop the client's keep-alive connection."""
+    @functools.wraps(handler)
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except (GlmvError, ValidationError, HTTPException, ClientDisconnect):
+            raise  # the handlers below answer these
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return internal_error_response()
+    return route
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_glmv(_: Request, e: GlmvError) -> JSONResponse:
         return glmv_error_response(e)
@@ -87,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, e: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response("internal server error; see the server log", 500, "internal_error")
+        return internal_error_response()
 
     app.add_exception_handler(GlmvError, on_glmv)
     app.add_exception_handler(ValidationError, on_validation)

@@ -4,10 +4,12 @@ into place, so an interrupted save never leaves a half-written checkpoint behind
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from glmv.weights import save_model
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
               "video_preprocessor_config.json", "generation_config.json", "chat_template.jinja")
 STATE = "trainer_state.pt"
+LOG = "log.jsonl"
 
 
 def copy_side_files(src: Path, dst: Path) -> None:
@@ -79,3 +82,24 @@ def restore_training(start_dir: Path | None, opt, sched) -> dict:
     sched.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])
     return state
+
+
+def open_log(out: Path, resumed_at: int | None = None) -> TextIO:
+    """out/log.jsonl, opened for appending one JSON object per step. A run resumed from the checkpoint of step
+    `resumed_at` first drops the entries after that step: the interrupted run logged them, and the resumed run
+    logs those steps again."""
+    path = Path(out) / LOG
+    if resumed_at is not None and path.is_file():
+        kept = [line for line in path.read_text().splitlines(keepends=True) if _logged_by(line, resumed_at)]
+        tmp = path.with_name(f".tmp-{LOG}")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)  # atomic, like the checkpoints: a second interruption never loses the kept entries
+    return open(path, "a")
+
+
+def _logged_by(line: str, step: int) -> bool:
+    """Whether a log line is an entry of a step up to `step` (a line the interruption cut short is not)."""
+    try:
+        return json.loads(line)["step"] <= step
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False

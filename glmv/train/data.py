@@ -50,7 +50,7 @@ def encode_example(processor: Processor, messages: list[dict], target: str, thin
     """Tokenize one (messages, target) pair with loss only on the target and the end-of-turn token."""
     normalized, media = normalize_messages(messages)
     images, videos = processor.process_media(media)
-    prompt = processor.template.render(normalized, True, None, thinking)
+    prompt = processor.render_chat(normalized, True, None, thinking)
     prompt_ids, _ = processor.encode_prompt(prompt, images, videos)
     tok = processor.tokenizer
     target_ids = tok.encode(format_target(target, thinking, trace)) + [tok.token_id("<|user|>")]

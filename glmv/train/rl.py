@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from glmv.device import resolve_device
 from glmv.engine.llm import LLM
 from glmv.engine.sampling import SamplingParams
 from glmv.train.checkpoint import (
     latest_checkpoint,
+    open_log,
     restore_training,
     save_checkpoint,
     save_training,
@@ -86,7 +88,7 @@ class GRPOTrainer:
         self.out = Path(recipe.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.model_dir = Path(model_dir)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.make_prompt = make_prompt or self._world_prompt
         self.mixture = Mixture(recipe.tasks, recipe.seed)
         self.progress = progress
@@ -126,7 +128,7 @@ class GRPOTrainer:
         curriculum.rate = state.get("curriculum", curriculum.rate)
         pad = llm.tokenizer.pad_token_id
         history = []
-        log = open(self.out / "log.jsonl", "a")
+        log = open_log(self.out, step if resume else None)
         bar = tqdm(total=r.steps, initial=step, desc="rl", disable=None if self.progress else True)
         end = min(r.steps, stop_after or r.steps)
         while step < end:

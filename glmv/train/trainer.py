@@ -20,12 +20,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from glmv.device import resolve_device
 from glmv.errors import ConfigError
 from glmv.inputs.processor import Processor
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model.moe import Router
 from glmv.train.checkpoint import (
     latest_checkpoint,
+    open_log,
     restore_training,
     save_checkpoint,
     save_training,
@@ -91,7 +93,7 @@ class Trainer:
         self.recipe = recipe
         self.out = Path(recipe.out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model_dir = Path(model_dir)
         self.processor = Processor.from_pretrained(self.model_dir)
         self.make_example = make_example or self._world_example
@@ -127,7 +129,7 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(r))
         step = restore_training(start_dir, opt, sched).get("step", 0)
         losses = []
-        log = open(self.out / "log.jsonl", "a")
+        log = open_log(self.out, step if resume else None)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         bar = tqdm(total=r.steps, initial=step, desc=f"{r.stage}", disable=None if self.progress else True)
         tokens, t0 = 0, time.perf_counter()

@@ -88,3 +88,15 @@ def test_media_limits_apply_per_conversation_not_per_batch(llm):
     batch = [CONV] * (limit + 1)
     outs = llm.chat(batch, SamplingParams(temperature=0, max_tokens=2))
     assert len(outs) == limit + 1
+
+
+def test_boxes_map_to_the_image_before_the_answer(llm):
+    """Two images of different sizes: the answer's boxes are in pixels of the last one (the image the answer
+    follows), corners ordered even when the model wrote them reversed."""
+    small, wide = Image.new("RGB", (100, 50)), Image.new("RGB", (400, 200))
+    messages = [{"role": "user", "content": [{"type": "image", "image": small}, {"type": "text", "text": "and"},
+                                             {"type": "image", "image": wide}, {"type": "text", "text": "where?"}]}]
+    req = llm.prepare_chat([messages], SamplingParams(max_tokens=4))[0]
+    req.texts[0] = "<|begin_of_box|>[[500,500,250,0]]<|end_of_box|>"
+    req.seqs[0].finish_reason = "stop"
+    assert llm.request_output(req).outputs[0].boxes == [[100, 0, 200, 100]]

@@ -78,6 +78,7 @@ def test_boxes_to_pixels_scales_by_thousandths_and_clamps():
     assert boxes_to_pixels([[-5, 0, 1200, 10]], 100, 100) == [[0, 0, 100, 1]]
     assert boxes_to_pixels([[250, 250, 750, 750], [0, 0, 1, 1]], 1920, 1080) == [[480, 270, 1440, 810], [0, 0, 2, 1]]
     assert boxes_to_pixels([], 10, 10) == []
+    assert boxes_to_pixels([[900, 800, 100, 200]], 1000, 1000) == [[100, 200, 900, 800]]  # corners ordered
 
 
 def _stream(text: str, cuts: list[int], in_think: bool = False) -> tuple[str, str]:

@@ -103,11 +103,14 @@ def test_missing_unexpected_and_mismatched_reported_together(make_pair, tmp_path
 
 def test_mtp_layers_are_skipped(make_pair, tmp_path):
     _, ours, path = make_pair("glm4v_moe")
-    shutil.copy(path / "config.json", tmp_path / "config.json")
+    config = json.loads((path / "config.json").read_text())
+    config["text_config"]["num_nextn_predict_layers"] = 1  # GLM-4.5 declares its MTP layer this way
+    (tmp_path / "config.json").write_text(json.dumps(config))
     tensors = load_file(path / "model.safetensors")
     tensors["model.language_model.layers.3.eh_proj.weight"] = torch.zeros(4, 4)  # layer index == num_hidden_layers
     save_file(tensors, tmp_path / "model.safetensors")
-    glmv.load_model(tmp_path, progress=False)
+    again = glmv.load_model(tmp_path, progress=False)
+    assert torch.equal(again.lm_head.weight, ours.lm_head.weight)
 
 
 def test_truncated_and_corrupt_files_name_the_file(make_pair, tmp_path):

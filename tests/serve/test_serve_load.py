@@ -16,6 +16,7 @@ MODEL = "tiny-glmv"
 PROMPTS = [f"Question {i}: " + "describe the picture " * i for i in range(5)]
 N, CANCEL_EVERY = 50, 5  # requests 0, 5, 10, ... are abandoned after their first text
 IMPATIENT = 3  # non-streamed requests whose client stops waiting after a second
+LONG = 3500  # tokens asked by the requests that are abandoned (the tiny model's context is 4096)
 
 
 def body(i: int, max_tokens: int, stream: bool) -> dict:
@@ -28,7 +29,7 @@ async def stream_text(client: httpx.AsyncClient, i: int) -> str | None:
     cancel = i % CANCEL_EVERY == 0
     # Abandoned requests ask for far more tokens than they could produce before the client leaves, so their
     # rows are freed only if the server notices the disconnect.
-    async with client.stream("POST", "/v1/chat/completions", json=body(i, 400 if cancel else 8, True)) as r:
+    async with client.stream("POST", "/v1/chat/completions", json=body(i, LONG if cancel else 8, True)) as r:
         assert r.status_code == 200, await r.aread()
         text = ""
         async for line in r.aiter_lines():
@@ -42,9 +43,10 @@ async def stream_text(client: httpx.AsyncClient, i: int) -> str | None:
 
 
 async def impatient(client: httpx.AsyncClient, i: int) -> None:
-    # 2000 tokens take far longer than the 1 s this client waits: only a noticed disconnect ends them early.
+    # LONG tokens take far longer than the 1 s this client waits for the answer: only a noticed disconnect ends
+    # them early. The second covers the read alone, not connecting (its client has a connection of its own).
     with pytest.raises(httpx.ReadTimeout):
-        await client.post("/v1/chat/completions", json=body(i, 2000, False), timeout=1.0)
+        await client.post("/v1/chat/completions", json=body(i, LONG, False), timeout=httpx.Timeout(300, read=1.0))
 
 
 def metric(text: str, name: str) -> float:
@@ -63,10 +65,14 @@ def test_concurrent_streams_with_cancellations(server):
     aborted_before = metric(scrape(server), 'glmv_sequences_finished_total{reason="abort"}')
 
     async def run() -> list[str | None]:
-        limits = httpx.Limits(max_connections=N)
-        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=300, limits=limits) as client:
-            return await asyncio.gather(*(stream_text(client, i) for i in range(N)),
-                                        *(impatient(client, i) for i in range(IMPATIENT)))
+        # A connection for every request, so that none waits for another's (a wait would count against the
+        # impatient clients' read timeout on a loaded machine).
+        def client() -> httpx.AsyncClient:
+            limits = httpx.Limits(max_connections=N + IMPATIENT)
+            return httpx.AsyncClient(base_url=server.url, headers=headers, timeout=300, limits=limits)
+        async with client() as streams, client() as waits:
+            return await asyncio.gather(*(stream_text(streams, i) for i in range(N)),
+                                        *(impatient(waits, i) for i in range(IMPATIENT)))
 
     texts = asyncio.run(run())[:N]
     for i, text in enumerate(texts):
