@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--tasks", default=None,
                    help="comma-separated task names or all (the default, unless --mc files are given)")
     p.add_argument("--mc", action="append", default=[], help="a multiple-choice JSONL/parquet file (repeatable)")
-    p.add_argument("--split", default="test", help="test (default), validation or train")
+    p.add_argument("--split", default="test",
+                   help="test (default), validation, train, or heldout (a look and wordings training never uses)")
     p.add_argument("--limit", type=int, default=50, help="samples per task (default 50)")
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens per answer (default 256)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per engine batch / concurrent requests")
@@ -43,7 +44,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     from glmv.errors import InputError
-    from glmv.world import TASKS
+    from glmv.world import SPLITS, TASKS
     from glmv.world.evaluate import (
         bar_chart,
         evaluate,
@@ -58,6 +59,8 @@ def run_eval(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:  # before loading a model: a typo should not cost a minute
         raise InputError(f"unknown task(s) {', '.join(unknown)}; see `glmv world list`")
+    if args.split not in SPLITS:
+        raise InputError(f"unknown split {args.split!r}; use one of {', '.join(SPLITS)}")
     benches = tasks + [load_multiple_choice(p, limit=args.limit) for p in args.mc]
     if not benches:
         raise InputError("nothing to evaluate: give --tasks and/or --mc")

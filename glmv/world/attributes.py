@@ -22,24 +22,25 @@ from glmv.world.draw import (
     draw_textured,
     to_1000,
 )
+from glmv.world.style import Style, reframe
 
 SIZES = (112, 140, 168, 196)
 SIDE = {"small": (0.13, 0.17), "large": (0.27, 0.33)}  # fractions of the short image side; never ambiguous
 PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
 
 
-def backdrop(rng: np.random.Generator, width: int, height: int):
+def backdrop(rng: np.random.Generator, style: Style, width: int, height: int):
     """canvas() plus, two times in three, a faint grid or diagonal hatching, so the background is not flat."""
-    img = canvas(rng, width, height)
-    style, d = int(rng.integers(3)), ImageDraw.Draw(img)
+    img = canvas(rng, style, width, height)
+    lines, d = int(rng.integers(3)), ImageDraw.Draw(img)
     tone = tuple(int(c) for c in rng.integers(195, 225, 3))
     step = int(rng.integers(10, 18))
-    if style == 1:
+    if lines == 1:
         for x in range(step // 2, width, step):
             d.line((x, 0, x, height), fill=tone)
         for y in range(step // 2, height, step):
             d.line((0, y, width, y), fill=tone)
-    elif style == 2:
+    elif lines == 2:
         for x in range(-height, width, step):
             d.line((x, 0, x + height, height), fill=tone)
     return img
@@ -61,11 +62,13 @@ def _overlap_ok(box, colour: str, placed: list[tuple[tuple, str]], overlap: bool
     return True
 
 
-def rich_scene(rng: np.random.Generator, n: int, distinct: bool, overlap: bool):
+def rich_scene(rng: np.random.Generator, style: Style, n: int, distinct: bool, overlap: bool):
     """Up to n objects (one that finds no free place after 100 tries is left out, so the truth is always what
-    was drawn); returns (image, objects) with colour, shape, size, texture and 0-1000 box, in drawing order."""
-    w, h = int(rng.choice(SIZES)), int(rng.choice(SIZES))
-    img = backdrop(rng, w, h)
+    was drawn); returns (image, objects) with colour, shape, size, texture and 0-1000 box, in drawing order.
+    Of the style's look it takes the background and the aspect ratio (its objects have their own sizes and
+    fill textures)."""
+    w, h = reframe(style.look, int(rng.choice(SIZES)), int(rng.choice(SIZES)))
+    img = backdrop(rng, style, w, h)
     pairs = [(c, s) for c in COLOURS for s in SHAPES]
     kinds = [pairs[i] for i in rng.permutation(len(pairs))[:n]] if distinct else \
         [pairs[i] for i in rng.integers(len(pairs), size=n)]
@@ -88,9 +91,9 @@ def rich_scene(rng: np.random.Generator, n: int, distinct: bool, overlap: bool):
 
 
 @register("attribute", "scenes", lambda out, s: scoring.text_match(out, s.truth["answer"]))
-def attribute(rng):
+def attribute(rng, style):
     """The size or texture of a named object, or which of two is larger."""
-    img, objects = rich_scene(rng, int(rng.integers(2, 5)), distinct=True, overlap=False)
+    img, objects = rich_scene(rng, style, int(rng.integers(2, 5)), distinct=True, overlap=False)
     a = objects[rng.integers(len(objects))]
     kind = int(rng.integers(3))
     others = [o for o in objects if o["size"] != a["size"]]
@@ -98,11 +101,12 @@ def attribute(rng):
         b = others[rng.integers(len(others))]
         first, second = (a, b) if rng.integers(2) else (b, a)
         winner = a if a["size"] == "large" else b
-        prompt = f"Which is larger, the {first['colour']} {first['shape']} or the {second['colour']} {second['shape']}?"
+        prompt = style.ask("attribute_larger", first=f"{first['colour']} {first['shape']}",
+                           second=f"{second['colour']} {second['shape']}")
         answer = f"{winner['colour']} {winner['shape']}"
     else:
         attr = "size" if kind == 0 else "texture"
-        prompt, answer = f"What {attr} is the {a['colour']} {a['shape']}?", a[attr]
+        prompt, answer = style.ask(f"attribute_{attr}", object=f"{a['colour']} {a['shape']}"), a[attr]
     return dict(image=img, prompt=prompt, target=boxed(answer), truth={"answer": answer, "objects": objects})
 
 
@@ -112,26 +116,25 @@ def _count_reward(out, s):
 
 
 @register("count_hard", "scenes", lambda out, s: scoring.numeric(out, s.truth["count"]), _count_reward)
-def count_hard(rng):
+def count_hard(rng, style):
     """4-10 textured, overlapping objects; count all of them or those of one colour, shape or texture."""
-    img, objects = rich_scene(rng, int(rng.integers(4, 11)), distinct=False, overlap=True)
+    img, objects = rich_scene(rng, style, int(rng.integers(4, 11)), distinct=False, overlap=True)
     o = objects[rng.integers(len(objects))]
     by = ("all", "colour", "shape", "texture")[rng.integers(4)]
     if by == "all":
-        prompt, n = "How many objects are there?", len(objects)
+        prompt, n = style.ask("count"), len(objects)
     else:
         n = sum(x[by] == o[by] for x in objects)
         noun = f"{PLURAL[o['shape']]}" if by == "shape" else f"{o[by]} objects"
-        prompt = f"How many {noun} are there?"
+        prompt = style.ask("count_of", noun=noun)
     return dict(image=img, prompt=prompt, target=boxed(str(n)), truth={"count": n, "objects": objects})
 
 
 @register("ground_all", "scenes", lambda out, s: scoring.boxes_f1(out, s.truth["boxes"]))
-def ground_all(rng):
+def ground_all(rng, style):
     """Every object of one colour, as a list of boxes ordered left to right."""
-    img, objects = rich_scene(rng, int(rng.integers(3, 8)), distinct=False, overlap=True)
+    img, objects = rich_scene(rng, style, int(rng.integers(3, 8)), distinct=False, overlap=True)
     colour = objects[rng.integers(len(objects))]["colour"]
     boxes = sorted(o["box"] for o in objects if o["colour"] == colour)
-    prompt = f"Locate every {colour} object in the image and give their bounding boxes."
-    return dict(image=img, prompt=prompt, target=boxed(str(boxes).replace(" ", "")),
+    return dict(image=img, prompt=style.ask("ground_all", colour=colour), target=boxed(str(boxes).replace(" ", "")),
                 truth={"boxes": boxes, "objects": objects})

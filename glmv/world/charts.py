@@ -10,16 +10,17 @@ from PIL import ImageDraw
 from glmv.world import scoring
 from glmv.world.core import register
 from glmv.world.draw import COLOURS, boxed, canvas, font
+from glmv.world.style import Style
 
 LABELS = ("A", "B", "C", "D", "E")
 
 
-def chart(rng: np.random.Generator):
+def chart(rng: np.random.Generator, style: Style):
     """A bar or line chart of 3-5 labelled integer values (1..9) with a value axis; returns (image, data)."""
     n = int(rng.integers(3, 6))
     data = {LABELS[i]: int(v) for i, v in enumerate(rng.integers(1, 10, n))}
     w, h = 168, 140
-    img = canvas(rng, w, h)
+    img = canvas(rng, style, w, h)
     d = ImageDraw.Draw(img)
     left, bottom, top, right = 24, h - 20, 10, w - 6
     f = font(0, 11)
@@ -47,31 +48,31 @@ def chart(rng: np.random.Generator):
 
 
 @register("chart_json", "charts", lambda out, s: scoring.json_f1(out, s.truth["data"]))
-def chart_json(rng):
-    img, data = chart(rng)
-    return dict(image=img, prompt="Convert the chart to JSON.", target=json.dumps(data, separators=(", ", ": ")),
+def chart_json(rng, style):
+    img, data = chart(rng, style)
+    return dict(image=img, prompt=style.ask("chart_json"), target=json.dumps(data, separators=(", ", ": ")),
                 truth={"data": data})
 
 
 @register("chart_value", "charts", lambda out, s: scoring.numeric(out, s.truth["answer"]))
-def chart_value(rng):
-    img, data = chart(rng)
+def chart_value(rng, style):
+    img, data = chart(rng, style)
     label = list(data)[rng.integers(len(data))]
-    return dict(image=img, prompt=f"What is the value of {label}?", target=boxed(str(data[label])),
+    return dict(image=img, prompt=style.ask("chart_value", label=label), target=boxed(str(data[label])),
                 truth={"answer": data[label], "data": data})
 
 
 @register("chart_diff", "charts", lambda out, s: scoring.numeric(out, s.truth["answer"]), thinking=True)
-def chart_diff(rng):
-    img, data = chart(rng)
+def chart_diff(rng, style):
+    img, data = chart(rng, style)
     a, b = (list(data)[i] for i in rng.permutation(len(data))[:2])
     diff = data[a] - data[b]
     trace = f"{a} is {data[a]} and {b} is {data[b]}. {data[a]} - {data[b]} = {diff}."
-    return dict(image=img, prompt=f"How much larger is {a} than {b}?",
+    return dict(image=img, prompt=style.ask("chart_diff", a=a, b=b),
                 target=f"<think>{trace}</think>{boxed(str(diff))}", truth={"answer": diff, "trace": trace, "data": data})
 
 
-def pie(rng: np.random.Generator):
+def pie(rng: np.random.Generator, style: Style):
     """A pie of 3-5 labelled slices (percentages in steps of 5, each at least 10, summing to 100) with a
     legend "A 35%" beside it, slices in distinct colours starting at a random angle; returns (image, data,
     {label: colour name})."""
@@ -83,7 +84,7 @@ def pie(rng: np.random.Generator):
             break
     data = {LABELS[i]: int(v) for i, v in enumerate(shares)}
     w, h = 168, 112
-    img = canvas(rng, w, h)
+    img = canvas(rng, style, w, h)
     d = ImageDraw.Draw(img)
     names = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))[:n]]
     colours = [COLOURS[c] for c in names]
@@ -105,7 +106,7 @@ def pie(rng: np.random.Generator):
 
 
 @register("chart_pie", "charts", lambda out, s: scoring.json_f1(out, s.truth["data"]))
-def chart_pie(rng):
-    img, data, colours = pie(rng)
-    return dict(image=img, prompt="Convert the pie chart to JSON.", target=json.dumps(data, separators=(", ", ": ")),
+def chart_pie(rng, style):
+    img, data, colours = pie(rng, style)
+    return dict(image=img, prompt=style.ask("chart_pie"), target=json.dumps(data, separators=(", ", ": ")),
                 truth={"data": data, "colours": colours})

@@ -13,38 +13,37 @@ from glmv.world import scoring
 from glmv.world.core import Sample, register
 from glmv.world.draw import boxed
 from glmv.world.scenes import scene
+from glmv.world.style import Style
 
 
 class DialogueSample(Sample):
     def messages(self) -> list[dict]:
         history = self.truth["history"]
         questions = [q for q, _ in history] + [self.prompt]
-        msgs = [{"role": "user", "content": [{"type": "image", "image": self.image},
-                                             {"type": "text", "text": questions[0]}]}]
+        msgs = [{"role": "user", "content": self.user_content(questions[0])}]
         for (_, answer), question in zip(history, questions[1:]):
             msgs += [{"role": "assistant", "content": answer},
                      {"role": "user", "content": [{"type": "text", "text": question}]}]
         return msgs
 
 
-def questions(objects: list[dict]) -> list[tuple[str, str, object, dict | None]]:
+def questions(objects: list[dict], style: Style) -> list[tuple[str, str, object, dict | None]]:
     """Every standalone question the scene answers unambiguously: (question, kind, answer, object or None).
     A scene of 2-3 distinct (colour, shape) pairs always has at least three."""
-    pool: list[tuple[str, str, object, dict | None]] = [("How many objects are there?", "number", len(objects), None)]
+    pool: list[tuple[str, str, object, dict | None]] = [(style.ask("count"), "number", len(objects), None)]
     for o in objects:
         if sum(p["shape"] == o["shape"] for p in objects) == 1:
-            pool.append((f"What colour is the {o['shape']}?", "text", o["colour"], o))
+            pool.append((style.ask("color", shape=o["shape"]), "text", o["colour"], o))
         if sum(p["colour"] == o["colour"] for p in objects) == 1:
-            pool.append((f"What shape is the {o['colour']} object?", "text", o["shape"], o))
+            pool.append((style.ask("shape_of", colour=o["colour"]), "text", o["shape"], o))
     return pool
 
 
-def follow_up(rng: np.random.Generator, o: dict) -> tuple[str, str, object]:
+def follow_up(rng: np.random.Generator, style: Style, o: dict) -> tuple[str, str, object]:
     pick = rng.integers(2)
     if pick == 0:
-        return "Where is it? Give its bounding box.", "box", o["box"]
-    return "Is it on the left or the right half of the image?", "text", \
-        "left" if o["box"][0] + o["box"][2] < 1000 else "right"
+        return style.ask("where_it"), "box", o["box"]
+    return style.ask("side_it"), "text", "left" if o["box"][0] + o["box"][2] < 1000 else "right"
 
 
 def answer_target(kind: str, answer) -> str:
@@ -63,14 +62,14 @@ def _reward(out: str, s: Sample) -> float:
 
 
 @register("dialogue", "dialogue", _score, _reward, sample_type=DialogueSample)
-def dialogue(rng):
-    img, objects = scene(rng, int(rng.integers(2, 4)))
-    pool = questions(objects)
+def dialogue(rng, style):
+    img, objects = scene(rng, style, int(rng.integers(2, 4)))
+    pool = questions(objects, style)
     asked = [pool[i] for i in rng.permutation(len(pool))[:int(rng.integers(2, 4))]]  # no question twice
     history = [[q, answer_target(kind, answer)] for q, kind, answer, _ in asked[:-1]]
     about = asked[-2][3]
     if about is not None and rng.integers(2):
-        q, kind, answer = follow_up(rng, about)
+        q, kind, answer = follow_up(rng, style, about)
     else:
         q, kind, answer, _ = asked[-1]
     return dict(image=img, prompt=q, target=answer_target(kind, answer),

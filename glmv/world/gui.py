@@ -87,19 +87,16 @@ def action_text(action: dict) -> str:
 
 @register("gui_action", "gui", lambda out, s: scoring.action_match(out, s.truth["action"]),
           lambda out, s: scoring.action_iou(out, s.truth["action"]))
-def gui_action(rng):
+def gui_action(rng, style):
+    """Screens keep their own themed look (of a sample's style only blur and JPEG reach them)."""
     img, elements = screen(rng)
     e = elements[rng.integers(len(elements))]
     action = {"action_type": "click", "box_2d": [e["box"]]}
-    if e["kind"] == "menu":
-        instruction = f"Open the {e['label']} menu."
-    elif e["kind"] == "button":
-        instruction = f"Click the {e['label']} button."
-    elif e["kind"] == "item":
-        instruction = f"Select {e['label']} in the list."
-    else:
+    if e["kind"] == "field":
         text = TYPED[rng.integers(len(TYPED))]
-        instruction = f"Type {text} in the {e['label']} field."
+        prompt = style.ask("gui_type", text=text, label=e["label"])
         action = {"action_type": "input_text", "text": text, "box_2d": [e["box"]]}
-    return dict(image=img, prompt=f"{instruction} Give the action as JSON.", target=action_text(action),
+    else:
+        prompt = style.ask(f"gui_{e['kind']}", label=e["label"])
+    return dict(image=img, prompt=prompt, target=action_text(action),
                 truth={"action": action, "elements": elements})

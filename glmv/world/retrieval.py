@@ -13,6 +13,7 @@ from glmv.world import scoring
 from glmv.world.core import register, rng_for
 from glmv.world.draw import COLOURS, SHAPES, boxed, canvas, font
 from glmv.world.scenes import caption_text, scene
+from glmv.world.style import PLAIN_STYLE, Style
 
 PANEL = 108  # a 2 x 2 grid of panels: a 224 px square image
 
@@ -37,8 +38,8 @@ def _choice_score(out, s) -> float:
 
 
 @register("retrieve_caption", "retrieval", _choice_score)
-def retrieve_caption(rng):
-    img, objects = scene(rng, int(rng.integers(1, 4)))
+def retrieve_caption(rng, style):
+    img, objects = scene(rng, style, int(rng.integers(1, 4)))
     n = int(rng.integers(3, 5))
     captions = [caption_text(objects)]
     while len(captions) < n:
@@ -48,15 +49,15 @@ def retrieve_caption(rng):
     order = rng.permutation(n)
     shown = [captions[i] for i in order]
     answer = int(np.flatnonzero(order == 0)[0]) + 1
-    return dict(image=img, prompt=options("Which caption matches the image? Answer with its number.", shown),
+    return dict(image=img, prompt=options(style.ask("retrieve_caption"), shown),
                 target=boxed(str(answer)), truth={"answer": answer, "captions": shown})
 
 
-def distinct_scenes(rng: np.random.Generator, n: int) -> tuple[list[Image.Image], list[str]]:
+def distinct_scenes(rng: np.random.Generator, style: Style, n: int) -> tuple[list[Image.Image], list[str]]:
     """n scenes of 1-3 shapes whose captions all differ."""
     images, captions = [], []
     while len(images) < n:
-        img, objects = scene(rng, int(rng.integers(1, 4)))
+        img, objects = scene(rng, style, int(rng.integers(1, 4)))
         c = caption_text(objects)
         if c not in captions:
             images.append(img)
@@ -65,10 +66,10 @@ def distinct_scenes(rng: np.random.Generator, n: int) -> tuple[list[Image.Image]
 
 
 @register("retrieve_image", "retrieval", _choice_score)
-def retrieve_image(rng):
+def retrieve_image(rng, style):
     n = 4
-    panels, captions = distinct_scenes(rng, n)
-    img = canvas(rng, 2 * PANEL + 8, 2 * PANEL + 8)
+    panels, captions = distinct_scenes(rng, style, n)
+    img = canvas(rng, style, 2 * PANEL + 8, 2 * PANEL + 8)
     d = ImageDraw.Draw(img)
     for i, p in enumerate(panels):
         x, y = 4 + (i % 2) * (PANEL + 2), 4 + (i // 2) * (PANEL + 2)
@@ -80,14 +81,14 @@ def retrieve_image(rng):
         d.rectangle((x, y, x + 13, y + 15), fill=(255, 255, 255), outline=(20, 20, 20))
         d.text((x + 7, y + 8), str(i + 1), fill=(20, 20, 20), font=font(1, 11), anchor="mm")
     answer = int(rng.integers(n)) + 1
-    prompt = f'Which panel matches the caption "{captions[answer - 1]}"? Answer with its number.'
+    prompt = style.ask("retrieve_image", caption=captions[answer - 1])
     return dict(image=img, prompt=prompt, target=boxed(str(answer)), truth={"answer": answer, "captions": captions})
 
 
 def retrieval_set(split: str, index: int, n: int = 8) -> tuple[list[Image.Image], list[str]]:
     """n images and their n captions (caption i describes image i, all captions distinct), deterministic in
     (split, index) and disjoint across splits like every task."""
-    return distinct_scenes(rng_for("retrieval_set", split, index), n)
+    return distinct_scenes(rng_for("retrieval_set", split, index), PLAIN_STYLE, n)
 
 
 def recall_at_1(similarity) -> float:

@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 from glmv.world import scoring
 from glmv.world.core import register
 from glmv.world.draw import FONT_FILES, boxed, canvas, font, noise
+from glmv.world.style import Style
 
 WORDS = """apple river stone cloud green house light table water paper music night garden window bread
 chair dream field glass heart honey lemon money ocean plant queen radio smile storm tiger train truck voice
@@ -20,11 +21,11 @@ wave word yes no red box cat dog sun car map cup key pen hat bag egg ice jam kit
 sky toy van web""".split()
 
 
-def render_text(rng: np.random.Generator, text: str) -> Image.Image:
+def render_text(rng: np.random.Generator, style: Style, text: str) -> Image.Image:
     """The text in one font and ink, rotated by up to 8 degrees about its centre, placed so that the rotated
     text lies wholly inside the image (a clipped letter would make the target unreadable)."""
     w, h = int(rng.choice((140, 168, 196))), int(rng.choice((56, 84, 112)))
-    img = canvas(rng, w, h)
+    img = canvas(rng, style, w, h)
     size, face = int(rng.integers(16, 26)), int(rng.integers(len(FONT_FILES)))
     angle = float(rng.uniform(-8, 8))
     sin, cos = abs(np.sin(np.radians(angle))), np.cos(np.radians(angle))
@@ -55,15 +56,15 @@ def _word(rng) -> str:
 
 @register("ocr", "text", lambda out, s: scoring.exact(out, s.truth["text"]),
           lambda out, s: scoring.char_similarity(out, s.truth["text"]))
-def ocr(rng):
+def ocr(rng, style):
     word = _word(rng)
-    return dict(image=render_text(rng, word), prompt="What is written in the image?", target=boxed(word),
+    return dict(image=render_text(rng, style, word), prompt=style.ask("ocr"), target=boxed(word),
                 truth={"text": word})
 
 
 @register("ocr_line", "text", lambda out, s: scoring.exact(out, s.truth["text"]),
           lambda out, s: scoring.char_similarity(out, s.truth["text"]))
-def ocr_line(rng):
+def ocr_line(rng, style):
     line = " ".join(_word(rng) for _ in range(int(rng.integers(2, 4))))
-    return dict(image=render_text(rng, line), prompt="Read the text in the image.", target=boxed(line),
+    return dict(image=render_text(rng, style, line), prompt=style.ask("ocr_line"), target=boxed(line),
                 truth={"text": line})
