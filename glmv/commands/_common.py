@@ -13,6 +13,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="checkpoint directory (Hugging Face layout); default: the bundled nano GLM-V")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--kv-cache-memory", default=None, metavar="SIZE",
+                   help="paged KV cache size, allocated once, e.g. 2GiB or 512MB (default: 1 GiB on CPU, half the "
+                        "free memory on GPU)")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block (default 16)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="tokens one engine step computes at most; longer prompts are prefilled in chunks between "
+                        "decode steps (default 2048)")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """LLM(...) keyword arguments from the engine flags of add_model_args."""
+    return {"kv_cache_memory": args.kv_cache_memory, "block_size": args.block_size,
+            "max_num_batched_tokens": args.max_num_batched_tokens}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +54,7 @@ def sampling_params(args: argparse.Namespace, llm):
 def load_llm(args: argparse.Namespace):
     from glmv.engine.llm import LLM
 
-    return LLM(args.model, dtype=args.dtype, device=args.device)
+    return LLM(args.model, dtype=args.dtype, device=args.device, **engine_kwargs(args))
 
 
 def user_message(text: str, images: list[str], videos: list[str]) -> dict:

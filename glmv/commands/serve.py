@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import os
 
-from glmv.commands._common import add_model_args
+from glmv.commands._common import add_model_args, engine_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-images", type=int, default=32, help="images per request (default 32)")
     p.add_argument("--max-videos", type=int, default=4, help="videos per request (default 4)")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="request body limit in MiB (default 64)")
+    p.add_argument("--allowed-origins", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://app.example.com, or * for any) call the API from a "
+                        "browser: CORS (repeatable; default: off)")
     p.set_defaults(func=run)
 
 
@@ -52,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
     limits = MediaLimits.untrusted(allow_private_networks=args.allow_private_urls,
                                    allowed_dirs=tuple(args.allowed_local_media_path), timeout_s=args.media_timeout,
                                    max_images=args.max_images, max_videos=args.max_videos)
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, limits=limits, max_model_len=args.max_model_len)
+    llm = LLM(args.model, dtype=args.dtype, device=args.device, limits=limits, max_model_len=args.max_model_len,
+              **engine_kwargs(args))
     config = ServerConfig(served_model_name=args.served_model_name, api_key=args.api_key, max_queue=args.max_queue,
                           max_batch=args.max_batch, media_workers=args.media_workers,
-                          max_body_bytes=int(args.max_request_mb * (1 << 20)))
+                          max_body_bytes=int(args.max_request_mb * (1 << 20)),
+                          allowed_origins=tuple(args.allowed_origins))
     app = create_app(llm, config)
     print(f"glmv: serving {app.state.glmv.model_name!r} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=logging.getLevelName(log.getEffectiveLevel()).lower(),

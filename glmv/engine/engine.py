@@ -1,80 +1,84 @@
-"""The generation loop: batched prefill, then decode steps until every sequence stops.
+"""The engine: sequences in, one token per sequence per step out (vLLM / nano-vllm's split).
 
-One `Engine` owns the model, its KV cache layout and the vision cache. `run(seqs)` takes prepared sequences
-(prompt ids + media embeddings + sampling params), prefills them together (left-padded), and yields per step
-the tokens each sequence produced; finished sequences leave the batch (their cache rows are dropped).
-Multi-turn reuse (`prefill_from`) lets a conversation keep its cache and prefill only new tokens.
+    engine.add(seq)                  # a prepared sequence (prompt ids + media embeddings + sampling params)
+    for seq, token in engine.step(): # schedule, run the model over the paged cache, sample
+        ...                          # the caller may set seq.finish_reason (stop string, cancel) between steps
+
+Sequence (sequence.py) -> Scheduler (scheduler.py: waiting/running, token budget, chunked prefill, preemption)
+-> BlockManager (block_manager.py: paged blocks, prefix cache) -> ModelRunner (model_runner.py: tensors, model
+over PagedKVCache) -> Sampler. KV memory is allocated once, from a budget, as blocks; a sequence holds the blocks
+its tokens use. One request never fails another: each is checked alone (`check`) before it is added, and a
+forward or sampling step that raises is retried sequence by sequence so that only the one at fault fails
+(`seq.error` set, finish_reason "abort").
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from glmv.engine.sampling import Sampler, SamplingParams
+from glmv.engine.block_manager import BlockManager
+from glmv.engine.guided import GrammarVocab
+from glmv.engine.model_runner import ModelRunner
+from glmv.engine.paged_kv import PagedKVCache
+from glmv.engine.sampling import Sampler
+from glmv.engine.scheduler import Scheduler
+from glmv.engine.sequence import Layout, Sequence
 from glmv.engine.vision_cache import VisionCache
-from glmv.errors import ContextLengthError, InputError
-from glmv.model.cache import KVCache
+from glmv.errors import ConfigError, ContextLengthError, InputError
 from glmv.model.glm4v import GlmvForConditionalGeneration, check_media_slots
-from glmv.model.positions import continuation_positions, rope_index
+from glmv.model.positions import IMAGE, VIDEO, rope_index
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Sequence:
-    """One sequence being generated (a request with n > 1 becomes n sequences)."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    image_embeds: list[torch.Tensor] = field(default_factory=list)
-    image_grids: list[tuple[int, int, int]] = field(default_factory=list)
-    video_embeds: list[torch.Tensor] = field(default_factory=list)
-    video_grids: list[tuple[int, int, int]] = field(default_factory=list)
-    output_ids: list[int] = field(default_factory=list)
-    logprobs: list[dict[int, float]] = field(default_factory=list)
-    finish_reason: str | None = None
-    seed_offset: int = 0  # sample index within its request, so n samples with one seed differ
-    budget: int = 0  # tokens it may generate (max_tokens capped by the context), set at prefill
-    _generator: torch.Generator | None = field(default=None, repr=False)
-
-    @property
-    def finished(self) -> bool:
-        return self.finish_reason is not None
-
-    def generator(self, device: torch.device | str = "cpu") -> torch.Generator | None:
-        """This sequence's own RNG when its params have a seed (reproducible whatever the batch), else None."""
-        if self.params.seed is None:
-            return None
-        if self._generator is None:
-            # Wrapped to torch's unsigned 64-bit seed range, so seed + sample index never overflows.
-            self._generator = torch.Generator(device).manual_seed((self.params.seed + self.seed_offset) % 2**64)
-        return self._generator
+CPU_KV_MEMORY = 1 << 30  # KV budget on CPU (1 GiB): RAM is shared with everything else
+GPU_KV_FRACTION = 0.5  # of the memory free after loading the weights
 
 
 @dataclass
 class EngineStats:
-    prefill_tokens: int = 0  # tokens run through the decoder as prompt (tests check reuse with this)
+    prefill_tokens: int = 0  # prompt tokens run through the decoder (cached ones are not)
     decode_steps: int = 0
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    block_size: int = 16
+    kv_cache_memory: int | None = None  # bytes; None: CPU_KV_MEMORY on CPU, GPU_KV_FRACTION of free on GPU
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+
+
 class Engine:
-    def __init__(self, model: GlmvForConditionalGeneration, eos_token_ids: list[int], max_model_len: int | None = None):
+    def __init__(self, model: GlmvForConditionalGeneration, eos_token_ids: list[int], max_model_len: int | None = None,
+                 config: EngineConfig = EngineConfig(), grammar_vocab: GrammarVocab | None = None):
         self.model = model
         self.eos_token_ids = list(eos_token_ids)
-        self.max_model_len = max_model_len or model.config.text.max_position_embeddings
+        self.config = config
+        t = model.config.text
+        per_block = PagedKVCache.bytes_per_block(t.num_hidden_layers, config.block_size, t.num_key_value_heads,
+                                                 t.head_dim, model.dtype)
+        num_blocks = max(1, _kv_budget(config.kv_cache_memory, model.device) // per_block)
+        self.kv = PagedKVCache(t.num_hidden_layers, num_blocks, config.block_size, t.num_key_value_heads, t.head_dim,
+                               model.dtype, model.device)
+        # One sequence of the full context must fit the pool alone, or it could wait forever.
+        self.max_model_len = min(max_model_len or t.max_position_embeddings, num_blocks * config.block_size)
+        log.info("KV cache: %d blocks of %d tokens (%.1f MiB), context %d", num_blocks, config.block_size,
+                 num_blocks * per_block / 2**20, self.max_model_len)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = ModelRunner(model, self.kv)
         self.vision = VisionCache(model)
         self.stats = EngineStats()
-        self.sampler = Sampler()
+        self.sampler = Sampler(grammar_vocab)  # the vocabulary lets it apply structured-output masks
+        self.failed: list[Sequence] = []
 
-    # --- helpers ------------------------------------------------------------------------------------------------
-    def new_cache(self, batch: int, capacity: int) -> KVCache:
-        t = self.model.config.text
-        return KVCache(t.num_hidden_layers, batch, t.num_key_value_heads, t.head_dim, capacity, self.model.dtype, self.model.device)
-
+    # --- checks, before a sequence joins -----------------------------------------------------------------------
     def check_length(self, seq: Sequence) -> int:
         """The number of tokens this sequence may still generate; ContextLengthError if the prompt cannot fit."""
         n = len(seq.prompt_ids)
@@ -88,160 +92,175 @@ class Engine:
         return min(seq.params.max_tokens, self.max_model_len - n)
 
     def check(self, seq: Sequence) -> int:
-        """check_length, plus the checks a prefill would fail on, run for this one sequence: its media
-        placeholders (typed as the model types them) match its media and grids. A request that would fail is
-        refused alone, before it joins a batch with others."""
-        budget = self.check_length(seq)
+        """check_length, plus what a forward would fail on, for this one sequence: its media placeholders (typed
+        as the model types them) match its media and grids. Prepares the sequence's layout on the way (types,
+        3D positions, media rows), so a batch never meets a sequence that cannot run."""
+        seq.budget = self.check_length(seq)
+        if seq.layout is None:
+            seq.layout = self._layout(seq)
+        return seq.budget
+
+    def _layout(self, seq: Sequence) -> Layout:
         ids = torch.tensor([seq.prompt_ids])
         types = self.model.token_types(ids)
         check_media_slots(types, seq.image_embeds, seq.video_embeds)
-        rope_index(types, _grid(seq.image_grids, "cpu"), _grid(seq.video_grids, "cpu"), None,
-                   self.model.config.vision.spatial_merge_size)
-        return budget
+        grid = lambda g: torch.tensor(g) if g else None
+        positions, delta = rope_index(types, grid(seq.image_grids), grid(seq.video_grids), None,
+                                      self.model.config.vision.spatial_merge_size)
+        before = lambda kind: [0] + (types[0] == kind).long().cumsum(0).tolist()
+        rows = lambda embeds: torch.cat(embeds) if embeds else None
+        return Layout(types[0], positions[:, 0], int(delta[0]), rows(seq.image_embeds), rows(seq.video_embeds),
+                      before(IMAGE), before(VIDEO))
 
-    def _stop(self, seq: Sequence, token: int, budget: int) -> None:
-        p = seq.params
-        stop_ids = p.stop_token_ids if p.stop_token_ids is not None else self.eos_token_ids
-        if not p.ignore_eos and token in stop_ids and len(seq.output_ids) >= p.min_tokens:
-            seq.finish_reason = "stop"
-        elif len(seq.output_ids) >= budget:
-            seq.finish_reason = "length"
+    def weights_changed(self) -> None:
+        """Call after changing the model's weights (training): cached image embeddings and prefix-cache blocks
+        were computed with the old ones."""
+        self.vision.clear()
+        self.blocks.forget_cached()
 
     # --- the loop -----------------------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def prefill(self, seqs: list[Sequence], cache: KVCache | None = None, prefix_len: int = 0) -> Batch:
-        """Run the prompts of `seqs` (left-padded together) and return the batch, ready to sample.
+    def add(self, seq: Sequence) -> None:
+        """Queue a sequence (checked here if the caller has not)."""
+        self.check(seq)
+        self.scheduler.add(seq)
 
-        With `cache` (batch 1, holding the first `prefix_len` prompt tokens already), only the rest is prefilled.
-        """
-        budgets = [self.check_length(s) for s in seqs]
-        device = self.model.device
-        b = len(seqs)
-        if cache is not None and b != 1:
-            raise ValueError("prefix reuse runs one sequence at a time")
-        lengths = [len(s.prompt_ids) for s in seqs]
-        n = max(lengths)
-        ids = torch.zeros((b, n), dtype=torch.long)
-        mask = torch.zeros((b, n), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, n - lengths[i] :] = torch.tensor(s.prompt_ids)
-            mask[i, n - lengths[i] :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        igrid = _grid([g for s in seqs for g in s.image_grids], device)
-        vgrid = _grid([g for s in seqs for g in s.video_grids], device)
-        types = self.model.token_types(ids)
-        positions, deltas = rope_index(types, igrid, vgrid, mask, self.model.config.vision.spatial_merge_size)
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
 
-        if cache is None:
-            cache = self.new_cache(b, n + max(budgets))
-        else:
-            cache.grow(n + max(budgets))
-        # With a reused prefix the cache already holds tokens [0, prefix_len); embeddings are needed only for
-        # media whose placeholders lie in the new part.
-        images = [e for s in seqs for e in s.image_embeds]
-        videos = [e for s in seqs for e in s.video_embeds]
-        new = slice(prefix_len, n)
-        if prefix_len:
-            images = _media_after(types[0], 1, prefix_len, images)
-            videos = _media_after(types[0], 2, prefix_len, videos)
-        out = self.model(
-            ids[:, new], attention_mask=mask, mm_token_type_ids=types[:, new], position_ids=positions[:, :, new],
-            cache=cache, image_embeds=images, video_embeds=videos, logits_to_keep=1,
-        )
-        self.stats.prefill_tokens += int(mask[:, new].sum())
-        for s, budget in zip(seqs, budgets):
-            s.budget = budget
-        return Batch(list(seqs), cache, mask, deltas, mask.sum(1), out.logits[:, -1].float())
+    def step(self) -> list[tuple[Sequence, int]]:
+        """One step: drop finished sequences, schedule, compute, sample. Returns (sequence, new token) for every
+        sequence that produced one; sequences the engine failed alone come back with seq.error set."""
+        self.scheduler.remove_finished()
+        step = self.scheduler.schedule()
+        if not step:
+            return []
+        ready = []  # sequences whose every token is computed: they sample now
+        for work in ([(s, 1) for s in step.decode], step.prefill):
+            if work:
+                ready += self._forward(work)
+        self.stats.decode_steps += bool(step.decode)
+        produced = self._sample(ready) if ready else []
+        self.scheduler.remove_finished()  # eos, length or failure: their blocks are free for the next step
+        return produced
 
-    def sample(self, batch: Batch) -> list[tuple[Sequence, int]]:
-        """Pick each row's next token from the batch's logits; sets finish_reason on eos / stop ids / budget."""
-        tokens, logprobs = self.sampler(batch.logits, batch.seqs)
-        batch.tokens = tokens
-        step = []
-        for j, seq in enumerate(batch.seqs):
+    def take_failed(self) -> list[Sequence]:
+        """The sequences failed alone since the last call (each has .error; they leave at the next step)."""
+        failed, self.failed = self.failed, []
+        return failed
+
+    def _forward(self, work: list[tuple[Sequence, int]]) -> list[tuple[Sequence, torch.Tensor]]:
+        """Run one forward; on failure, each sequence alone, failing only those that raise."""
+        try:
+            logits = self.runner.forward(work)
+        except Exception as e:
+            if len(work) == 1:
+                self._fail(work[0][0], e)
+                return []
+            log.warning("a batched forward failed (%s); running its %d sequences one by one", e, len(work))
+            return [r for w in work for r in self._forward([w])]
+        ready = []
+        for i, (seq, n) in enumerate(work):
+            before = seq.num_computed
+            seq.num_computed += n
+            if before < len(seq.prompt_ids):
+                self.stats.prefill_tokens += min(n, len(seq.prompt_ids) - before)
+            self.blocks.register(seq, before)
+            if seq.num_computed == len(seq):
+                ready.append((seq, logits[i]))
+        return ready
+
+    def _sample(self, ready: list[tuple[Sequence, torch.Tensor]]) -> list[tuple[Sequence, int]]:
+        seqs = [s for s, _ in ready]
+        logits = torch.stack([l for _, l in ready])
+        try:
+            tokens, logprobs = self.sampler(logits, seqs)
+        except Exception as e:
+            if len(ready) == 1:
+                self._fail(seqs[0], e)
+                return []
+            # Find the rows at fault by sampling each alone (a dry run: seeded generators are put back).
+            vocab = self.sampler.grammar_vocab
+            bad = [i for i in range(len(seqs)) if not _samples_alone(logits[i : i + 1], seqs[i], vocab)]
+            if not bad:
+                raise
+            for i in bad:
+                self._fail(seqs[i], e)
+            return self._sample([r for i, r in enumerate(ready) if i not in bad])
+        out = []
+        for j, seq in enumerate(seqs):
             token = int(tokens[j])
             seq.output_ids.append(token)
             if logprobs is not None:
                 seq.logprobs.append(logprobs[j])
-            self._stop(seq, token, seq.budget)
-            step.append((seq, token))
-        return step
+            self._stop(seq, token)
+            out.append((seq, token))
+        return out
 
-    @torch.inference_mode()
-    def advance(self, batch: Batch) -> bool:
-        """Drop finished rows and feed the sampled tokens of the others; False when nothing is left."""
-        keep = [j for j, seq in enumerate(batch.seqs) if not seq.finished]
-        if not keep:
-            batch.seqs = []
-            return False
-        if len(keep) < len(batch.seqs):
-            batch.keep(keep)
-        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(batch.seqs), 1)], dim=1)
-        pos = continuation_positions(batch.deltas, batch.real, 1)
-        step_ids = batch.tokens.view(-1, 1).to(self.model.device)
-        text = torch.zeros_like(step_ids)  # generated tokens are text, whatever their id
-        out = self.model(step_ids, attention_mask=batch.mask, mm_token_type_ids=text, position_ids=pos, cache=batch.cache)
-        batch.logits = out.logits[:, -1].float()
-        batch.real = batch.real + 1
-        self.stats.decode_steps += 1
+    def _fail(self, seq: Sequence, error: BaseException) -> None:
+        if not isinstance(error, InputError):
+            log.error("a sequence failed alone", exc_info=error)
+        seq.error = error
+        seq.finish_reason = "abort"
+        self.failed.append(seq)
+
+    def _stop(self, seq: Sequence, token: int) -> None:
+        p = seq.params
+        stop_ids = p.stop_token_ids if p.stop_token_ids is not None else self.eos_token_ids
+        if not p.ignore_eos and token in stop_ids and len(seq.output_ids) >= p.min_tokens:
+            seq.finish_reason = "stop"
+        elif len(seq.output_ids) >= seq.budget:
+            seq.finish_reason = "length"
+
+    def run(self, seqs: list[Sequence]) -> Iterator[list[tuple[Sequence, int]]]:
+        """Generate for `seqs` (alone in this engine); yields [(sequence, new token id), ...] after every step.
+        The caller may set a sequence's finish_reason (stop string) before resuming; it then leaves."""
+        for seq in seqs:
+            self.add(seq)
+        try:
+            while self.has_work():
+                produced = self.step()
+                failed = self.take_failed()
+                if failed:
+                    raise failed[0].error
+                if produced:
+                    yield produced
+        finally:  # an error, or a caller that stopped iterating: nothing of this run stays in the engine
+            for seq in seqs:
+                seq.finish_reason = seq.finish_reason or "abort"
+            self.scheduler.remove_finished()
+
+
+def _samples_alone(logits: torch.Tensor, seq: Sequence, vocab: GrammarVocab | None) -> bool:
+    gen = seq.generator(logits.device)
+    state = gen.get_state() if gen is not None else None
+    try:
+        Sampler(vocab)(logits, [seq])
         return True
-
-    def run(self, seqs: list[Sequence], cache: KVCache | None = None, prefix_len: int = 0) -> Iterator[list[tuple[Sequence, int]]]:
-        """Generate for `seqs` together; yields [(sequence, new token id), ...] after every step. The caller may
-        set a sequence's finish_reason (stop string, cancellation) before resuming; its row is then dropped."""
-        batch = self.prefill(seqs, cache, prefix_len)
-        while True:
-            yield self.sample(batch)
-            if not self.advance(batch):
-                return
+    except Exception:
+        return False
+    finally:
+        if gen is not None:
+            gen.set_state(state)
 
 
-@dataclass
-class Batch:
-    """Sequences decoding together: their KV cache rows, padding mask [B, T], rope deltas and real lengths [B],
-    the logits of their next token [B, V] and, after sampling, the sampled tokens [B]."""
-
-    seqs: list[Sequence]
-    cache: KVCache
-    mask: torch.Tensor
-    deltas: torch.Tensor
-    real: torch.Tensor
-    logits: torch.Tensor
-    tokens: torch.Tensor | None = None
-
-    def keep(self, rows: list[int]) -> None:
-        self.cache.select(rows)
-        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        self.seqs = [self.seqs[j] for j in rows]
-        self.mask, self.deltas, self.real, self.logits = self.mask[idx], self.deltas[idx], self.real[idx], self.logits[idx]
-        if self.tokens is not None:
-            self.tokens = self.tokens[idx.to(self.tokens.device)]
-
-    def merge(self, other: "Batch") -> None:
-        """Add `other`'s rows (freshly prefilled, not yet sampled: call between advance() and sample()).
-        Both caches are right-aligned to the longer one, the shorter padded on the left."""
-        length = max(self.cache.length, other.cache.length)
-        room = max([s.budget - len(s.output_ids) for s in self.seqs + other.seqs] + [1])
-        self.cache = KVCache.concat([self.cache, other.cache], length, length + room)
-        pad = lambda m: torch.cat([m.new_zeros(m.shape[0], length - m.shape[1]), m], dim=1)
-        self.mask = torch.cat([pad(self.mask), pad(other.mask)])
-        self.seqs = self.seqs + other.seqs
-        self.deltas = torch.cat([self.deltas, other.deltas])
-        self.real = torch.cat([self.real, other.real])
-        self.logits = torch.cat([self.logits, other.logits])
+def _kv_budget(requested: int | None, device: torch.device) -> int:
+    if requested is not None:
+        return requested
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * GPU_KV_FRACTION)
+    return CPU_KV_MEMORY
 
 
-def _grid(grids: list[tuple[int, int, int]], device: torch.device | str) -> torch.Tensor | None:
-    return torch.tensor(grids, device=device) if grids else None
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
 
 
-def _media_after(types: torch.Tensor, kind: int, start: int, embeds: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Embeddings of the media (of `kind`) whose placeholder runs lie at or after `start`; the reused prefix never
-    ends inside a run (see session.reusable_prefix)."""
-    before = int((types[:start] == kind).sum())
-    out, seen = [], 0
-    for e in embeds:
-        if seen >= before:
-            out.append(e)
-        seen += e.shape[0]
-    return out
+def parse_memory(value: int | str | None) -> int | None:
+    """Bytes from an int or a string with a unit ("2GiB", "512 MB", "1.5g"); None stays None."""
+    if value is None or isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ConfigError(f"cannot read the memory size {value!r}: give bytes or a number with a unit, e.g. 2GiB or 512MB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])

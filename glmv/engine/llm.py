@@ -20,18 +20,21 @@ import torch
 
 from glmv.device import resolve_device
 from glmv.engine.detokenizer import IncrementalDetokenizer
-from glmv.engine.engine import Engine, Sequence
+from glmv.engine.engine import Engine, EngineConfig, parse_memory
+from glmv.engine.guided import GrammarVocab
+from glmv.engine.sequence import Sequence
 from glmv.engine.outputs import (
     CompletionOutput,
     RequestOutput,
     boxes_to_pixels,
     extract_answer,
+    opens_think,
     parse_boxes,
-    parse_reasoning,
 )
 from glmv.engine.sampling import SamplingParams
 from glmv.engine.session import ChatSession
 from glmv.engine.stop import StopMatcher
+from glmv.engine.tool_calls import parse_answer
 from glmv.errors import ConfigError, InputError
 from glmv.inputs.chat import normalize_messages
 from glmv.inputs.image import ImageFeatures
@@ -58,12 +61,17 @@ class Request:
     detoks: list[IncrementalDetokenizer] = field(default_factory=list)
     stops: list[StopMatcher] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    tools: list[dict] | None = None  # the tools the prompt offered: the answer's tool calls are parsed with them
 
     def on_token(self, k: int) -> str:
         """Text to emit after sample k got its latest token: complete characters only, nothing that may be the
         start of a stop string; a stop string hit finishes the sample (the engine drops its row)."""
         seq = self.seqs[k]
-        delta = self.detoks[k].add(seq.output_ids[-1])
+        # The stop token that ended the sample (eos such as <|user|>, or one of stop_token_ids) is not part of the
+        # answer, whatever skip_special_tokens says (vLLM's rule), unless include_stop_str_in_output asks for it.
+        # The engine sets "stop" only for stop tokens; stop strings are found below.
+        stopped_on_token = seq.finish_reason == "stop" and not seq.params.include_stop_str_in_output
+        delta = "" if stopped_on_token else self.detoks[k].add(seq.output_ids[-1])
         if seq.finished:
             delta += self.detoks[k].flush()
         delta, hit = self.stops[k].feed(delta, final=seq.finished)
@@ -86,13 +94,18 @@ class StreamDelta:
 class LLM:
     def __init__(self, model: str | Path | None = None, dtype: torch.dtype | str | None = None,
                  device: str | torch.device = "cpu", limits: MediaLimits | None = None,
-                 max_model_len: int | None = None, progress: bool = True):
+                 max_model_len: int | None = None, progress: bool = True, kv_cache_memory: int | str | None = None,
+                 block_size: int = 16, max_num_batched_tokens: int = 2048):
+        """`kv_cache_memory`: bytes (or "2GiB", "512MB") of paged KV cache, allocated once (default: 1 GiB on CPU,
+        half the free memory on GPU); `block_size`: tokens per KV block; `max_num_batched_tokens`: tokens one
+        step computes at most (longer prompts are prefilled in chunks between decode steps)."""
+        engine = EngineConfig(block_size, parse_memory(kv_cache_memory), max_num_batched_tokens=max_num_batched_tokens)
         device = resolve_device(device)  # "auto", or one this machine has: a clear error before any loading
         path = resolve_model_path(model)
         if dtype is None and device.type == "cpu":
             dtype = torch.float32  # CPUs compute bf16 slowly and coarsely: upcast, as llama.cpp/Ollama do
         self._setup(path, load_model(path, dtype=dtype, device=device, progress=progress),
-                    Processor.from_pretrained(path, limits), max_model_len)
+                    Processor.from_pretrained(path, limits), max_model_len, engine)
 
     @classmethod
     def from_model(cls, model: GlmvForConditionalGeneration, path: str | Path, max_model_len: int | None = None) -> "LLM":
@@ -101,11 +114,12 @@ class LLM:
         llm._setup(Path(path), model, Processor.from_pretrained(path), max_model_len)
         return llm
 
-    def _setup(self, path: Path, model: GlmvForConditionalGeneration, processor: Processor, max_model_len: int | None):
+    def _setup(self, path: Path, model: GlmvForConditionalGeneration, processor: Processor, max_model_len: int | None,
+               engine: EngineConfig = EngineConfig()):
         self.path, self.model, self.processor = path, model, processor
         self.tokenizer = processor.tokenizer
         eos = self.tokenizer.eos_token_ids or model.config.text.eos_token_id
-        self.engine = Engine(model, eos, max_model_len)
+        self.engine = Engine(model, eos, max_model_len, engine, grammar_vocab=GrammarVocab.from_pretrained(path, eos))
         self._generation_config = self._read_generation_config()
         self._next_id = 0
 
@@ -128,14 +142,16 @@ class LLM:
 
     # --- preparing requests -------------------------------------------------------------------------------------
     def _request(self, prompt: str, ids: list[int], params: SamplingParams, images=(), videos=(),
-                 image_embeds=(), video_embeds=()) -> Request:
+                 image_embeds=(), video_embeds=(), tools: list[dict] | None = None) -> Request:
         self._next_id += 1
         seqs = [
             Sequence(list(ids), params, list(image_embeds), [f.grid_thw for f in images], list(video_embeds),
                      [f.grid_thw for f in videos], seed_offset=i)
             for i in range(params.n)
         ]
-        req = Request(str(self._next_id), prompt, list(ids), seqs, list(images), list(videos))
+        for seq in seqs[1:]:
+            seq.leader = seqs[0]  # they share the prompt: computed once, then found in the prefix cache
+        req = Request(str(self._next_id), prompt, list(ids), seqs, list(images), list(videos), tools=tools)
         for _ in seqs:
             req.detoks.append(IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens))
             req.stops.append(StopMatcher(params.stop, params.include_stop_str_in_output))
@@ -164,17 +180,17 @@ class LLM:
             ids, _ = proc.encode_prompt(prompt, imgs, vids)
             requests.append(self._request(proc.tokenizer.unescape(prompt), ids, params, imgs, vids,
                                           image_embeds[i_at : i_at + n_img],
-                                          video_embeds[v_at : v_at + n_vid]))
+                                          video_embeds[v_at : v_at + n_vid], tools))
             i_at, v_at = i_at + n_img, v_at + n_vid
         return requests
 
     # --- running ------------------------------------------------------------------------------------------------
-    def iterate(self, requests: list[Request], cache=None, prefix_len: int = 0) -> Iterator[StreamDelta]:
+    def iterate(self, requests: list[Request]) -> Iterator[StreamDelta]:
         """Run requests together, yielding text deltas as tokens are decoded (never half a character, never
         text that may still turn out to be part of a stop string)."""
         where = {id(seq): (r, k) for r, req in enumerate(requests) for k, seq in enumerate(req.seqs)}
         seqs = [seq for req in requests for seq in req.seqs]
-        for step in self.engine.run(seqs, cache=cache, prefix_len=prefix_len):
+        for step in self.engine.run(seqs):
             for seq, _ in step:
                 r, k = where[id(seq)]
                 delta = requests[r].on_token(k)
@@ -183,9 +199,10 @@ class LLM:
 
     def request_output(self, req: Request) -> RequestOutput:
         outputs = []
+        in_think = opens_think(req.prompt)
         for k, seq in enumerate(req.seqs):
             text = req.texts[k]
-            reasoning, content = parse_reasoning(text)
+            reasoning, content, tool_calls = parse_answer(text, in_think, req.tools)
             boxes = parse_boxes(content)
             # An answer's boxes refer to the image just before it: the prompt's last one (or its only one).
             size = req.images[-1].original_size if req.images else None
@@ -195,15 +212,16 @@ class LLM:
             outputs.append(CompletionOutput(
                 index=k, text=text, token_ids=list(seq.output_ids), finish_reason=seq.finish_reason,
                 stop_reason=stop_reason, logprobs=seq.logprobs if seq.params.logprobs is not None else None,
-                reasoning=reasoning, answer=extract_answer(content),
+                reasoning=reasoning, content=content, tool_calls=tool_calls, answer=extract_answer(content),
                 boxes=boxes_to_pixels(boxes, *size) if size and boxes else boxes,
             ))
         n_out = sum(len(s.output_ids) for s in req.seqs)
         return RequestOutput(req.request_id, req.prompt, req.prompt_ids, outputs, finished=True,
-                             prompt_tokens=len(req.prompt_ids), completion_tokens=n_out)
+                             prompt_tokens=len(req.prompt_ids), completion_tokens=n_out,
+                             cached_tokens=req.seqs[0].num_cached_tokens)
 
-    def run_requests(self, requests: list[Request], cache=None, prefix_len: int = 0) -> list[RequestOutput]:
-        for _ in self.iterate(requests, cache, prefix_len):
+    def run_requests(self, requests: list[Request]) -> list[RequestOutput]:
+        for _ in self.iterate(requests):
             pass
         return [self.request_output(r) for r in requests]
 
@@ -211,7 +229,11 @@ class LLM:
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
              enable_thinking: bool | None = None, tools: list[dict] | None = None,
              chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
-        """One conversation (a list of messages) or a list of conversations -> one RequestOutput each."""
+        """One conversation (a list of messages) or a list of conversations -> one RequestOutput each.
+
+        tools: OpenAI-shaped function definitions ({"type": "function", "function": {"name", "description",
+        "parameters"}}), rendered into the prompt; the calls the model makes come back parsed in each output's
+        `tool_calls` (arguments typed by each tool's JSON schema), and its `content` is the text outside them."""
         batched = bool(messages) and isinstance(messages[0], (list, tuple))
         conversations = list(messages) if batched else [messages]
         params = sampling_params or self.default_sampling_params()

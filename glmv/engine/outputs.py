@@ -7,6 +7,7 @@ GLM-V answers as `<think>reasoning</think>answer`, final answers and grounding b
 from __future__ import annotations
 
 import re
+import uuid
 from dataclasses import dataclass, field
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -15,9 +16,28 @@ _NUM = r"\s*(-?(?:\d+(?:\.\d*)?|\.\d+))\s*"
 _BOX = re.compile(r"[\[\(<]" + ",".join([_NUM] * 4) + r"[\]\)>]")
 
 
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+@dataclass
+class ToolCall:
+    """One function call the model made, as OpenAI's `tool_calls` entries carry it (`arguments`: a JSON object
+    as text)."""
+
+    name: str
+    arguments: str
+    id: str = field(default_factory=_call_id)
+    type: str = "function"
+
+    def to_openai(self) -> dict:
+        return {"id": self.id, "type": self.type, "function": {"name": self.name, "arguments": self.arguments}}
+
+
 @dataclass
 class CompletionOutput:
-    """One sample of a request, as vLLM shapes it, plus GLM-V's reasoning / boxed answer / boxes."""
+    """One sample of a request, as vLLM shapes it, plus GLM-V's reasoning / content / tool calls / boxed answer /
+    boxes."""
 
     index: int
     text: str
@@ -27,6 +47,8 @@ class CompletionOutput:
     logprobs: list[dict[int, float]] | None = None  # per generated token: {token id: logprob}
     cumulative_logprob: float | None = None  # sum of the chosen tokens' logprobs; filled in from logprobs
     reasoning: str | None = None  # the <think> content; None when the model did not think
+    content: str = ""  # the answer: the text outside the <think> block and outside tool calls
+    tool_calls: list[ToolCall] = field(default_factory=list)  # parsed when the request had tools
     answer: str | None = None  # the last boxed answer, if any
     boxes: list[list[float]] = field(default_factory=list)  # in pixels of the image they refer to (see LLM)
 
@@ -46,11 +68,26 @@ class RequestOutput:
     finished: bool = True
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict:
+        """OpenAI's usage object; cached_tokens: prompt tokens whose keys/values came from the prefix cache."""
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+
+
+def opens_think(prompt: str) -> bool:
+    """Whether a prompt leaves a <think> block open (some GLM templates start the answer inside it), so the
+    completion starts inside the reasoning."""
+    return prompt.rstrip().endswith(THINK_OPEN)
+
+
+def held_prefix(text: str, tag: str) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of `tag`: what a stream parser holds back
+    until the next delta says whether the tag follows."""
+    return next((k for k in range(len(tag) - 1, 0, -1) if text.endswith(tag[:k])), 0)
 
 
 def parse_reasoning(text: str, in_think: bool = False) -> tuple[str | None, str]:
@@ -132,7 +169,7 @@ class ReasoningStreamParser:
             tag = THINK_CLOSE if self.state == "think" else THINK_OPEN
             at = text.find(tag)
             if at < 0:
-                keep = 0 if final else next((k for k in range(len(tag) - 1, 0, -1) if text.endswith(tag[:k])), 0)
+                keep = 0 if final else held_prefix(text, tag)
                 text, self.pending = text[: len(text) - keep], text[len(text) - keep :]
                 break
             if self.state == "think":

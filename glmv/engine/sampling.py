@@ -3,11 +3,14 @@
 Order of processing, as in vLLM/transformers: penalties -> temperature -> top-k -> top-p -> min-p -> sample.
 Every row of a batch may have its own parameters; a row with a seed draws from its own generator, so its
 tokens do not depend on what else is in the batch. Logprobs are vLLM's default: from the raw model logits
-(log_softmax before any penalty, temperature or filter). See docs/sampling.md.
+(log_softmax before any penalty, temperature or filter). Structured output (json_schema, json_object, regex, choice,
+grammar) masks a row's logits to what its grammar allows before all of that (glmv.engine.guided). See
+docs/sampling.md.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from glmv.engine.guided import KINDS, GrammarSpec, GrammarVocab, GuidedDecoding, check_spec
 from glmv.errors import InputError
 
 GREEDY_BELOW = 1e-5  # temperatures under this are greedy, like vLLM
@@ -50,6 +54,12 @@ class SamplingParams:
     logprobs: int | None = None  # also return this many top logprobs per generated token
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # Structured output, at most one of these: the answer (after any thinking) follows the grammar.
+    json_schema: dict | str | None = None  # a JSON schema, or its JSON text
+    json_object: bool = False  # any JSON object
+    regex: str | None = None
+    choice: list[str] | None = None  # exactly one of these strings
+    grammar: str | None = None  # a Lark grammar (llguidance's dialect) or a GBNF one (llama.cpp's)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -89,6 +99,42 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
+        self._check_structured()
+
+    def _check_structured(self) -> None:
+        """Normalise the structured-output fields and compile their grammar once (cached), so that a bad schema,
+        regex or grammar is refused here, at the boundary, and not in the middle of a batch."""
+        if isinstance(self.json_schema, str):
+            try:
+                self.json_schema = json.loads(self.json_schema)
+            except ValueError as e:
+                raise InputError(f"json_schema is not valid JSON ({e})") from None
+        if isinstance(self.choice, tuple):
+            self.choice = list(self.choice)
+        checks = [
+            (self.json_schema is None or isinstance(self.json_schema, dict),
+             f"json_schema must be a JSON object (a dict or its JSON text), got {type(self.json_schema).__name__}"),
+            (isinstance(self.json_object, bool), f"json_object must be true or false, got {self.json_object!r}"),
+            (self.regex is None or (isinstance(self.regex, str) and self.regex != ""),
+             f"regex must be a non-empty string, got {self.regex!r}"),
+            (self.choice is None or (isinstance(self.choice, list) and self.choice
+                                     and all(isinstance(c, str) for c in self.choice)),
+             f"choice must be a non-empty list of strings, got {self.choice!r}"),
+            (self.grammar is None or (isinstance(self.grammar, str) and self.grammar.strip() != ""),
+             f"grammar must be a non-empty string, got {self.grammar!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        given = self._constraints()
+        if len(given) > 1:
+            raise InputError(f"give at most one of json_schema, json_object, regex, choice, grammar; got {given}")
+        try:
+            spec = self.structured
+        except (TypeError, ValueError) as e:  # a dict json.dumps cannot write
+            raise InputError(f"json_schema is not JSON ({e})") from None
+        if spec is not None:
+            check_spec(spec)
 
     @property
     def greedy(self) -> bool:
@@ -101,6 +147,20 @@ class SamplingParams:
     @property
     def filtered(self) -> bool:
         return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
+
+    def _constraints(self) -> list[str]:
+        """The structured-output fields that are set (an empty schema {} is set: any JSON value)."""
+        return [k for k in KINDS if getattr(self, k) is not None and getattr(self, k) is not False]
+
+    @property
+    def constrained(self) -> bool:
+        return bool(self._constraints())
+
+    @property
+    def structured(self) -> GrammarSpec | None:
+        """The grammar the answer must follow (None: unconstrained)."""
+        given = self._constraints()
+        return GrammarSpec.of(given[0], getattr(self, given[0])) if given else None
 
 
 class RowState(Protocol):
@@ -227,6 +287,7 @@ class _BatchParams:
         self.unseeded = any(p.seed is None for p in chosen)
         self.logprobs = [p.logprobs for p in params]
         self.want_logprobs = any(k is not None for k in self.logprobs)
+        self.guided = [i for i, p in enumerate(params) if p.constrained]  # rows with a grammar
 
 
 class Sampler:
@@ -234,12 +295,15 @@ class Sampler:
 
         tokens, logprobs = sampler(logits, rows)   # logits [B, V] fp32, rows[i] describes row i
 
-    It keeps per-row state between calls (parameter tensors, token counts for penalties), keyed by row
-    identity; rows may leave or join between calls. Use one Sampler per engine.
+    It keeps per-row state between calls (parameter tensors, token counts for penalties, grammar matchers),
+    keyed by row identity; rows may leave or join between calls. Use one Sampler per engine. Rows with structured
+    output need `grammar_vocab` (GrammarVocab.from_pretrained(checkpoint, eos ids)).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, grammar_vocab: GrammarVocab | None = None) -> None:
+        self.grammar_vocab = grammar_vocab
         self._penalties = PenaltyCache()
+        self._guided = GuidedDecoding(grammar_vocab)
         self._batch: tuple[tuple, _BatchParams] | None = None
 
     def _params(self, rows: list[RowState], device: torch.device) -> _BatchParams:
@@ -253,10 +317,12 @@ class Sampler:
 
         logprobs is None when no row asked for them; otherwise one dict per row, {token id: logprob}, holding
         the chosen token and the row's top-`logprobs` tokens (only the chosen one for rows with logprobs None
-        or 0), from the raw logits.
+        or 0), from the raw logits (before the grammar mask too: the model's own view of the chosen token).
         """
         bp = self._params(rows, logits.device)
         raw = logits
+        if bp.guided:
+            logits = self._guided.apply(logits, rows, bp.guided)
         logits = apply_penalties(logits, rows, self._penalties)
         tokens = logits.argmax(-1)  # [B]; greedy rows keep this
         if bp.sampled:

@@ -121,6 +121,8 @@ def normalize_messages(messages: Any) -> tuple[list[dict], list[MediaRef]]:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise InputError(f"message {i}: must be an object with a 'role'")
         message = dict(message)
+        if message["role"] == "developer":  # OpenAI's newer name for the system role; GLM templates know "system"
+            message["role"] = "system"
         for key in _STRING_FIELDS:
             if message.get(key) is not None and not isinstance(message[key], str):
                 raise InputError(f"message {i}: {key!r} must be a string, got {type(message[key]).__name__}")

@@ -13,6 +13,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
 
 from glmv.engine.async_engine import AsyncEngine
 from glmv.engine.llm import LLM
@@ -35,6 +36,7 @@ class ServerConfig:
     max_batch: int = 16  # sequences decoded together
     media_workers: int = 2  # threads loading and preprocessing media
     max_body_bytes: int = 64 << 20  # request bodies over this are refused (413) before being read
+    allowed_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS); "*" for any; none: off
 
 
 def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
@@ -61,10 +63,18 @@ def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
     async def complete(request: Request) -> Response:
         return await completions(request, state)
 
+    def model_card() -> dict:
+        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "glmv",
+                "max_model_len": state.context}
+
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": state.model_name, "object": "model", "created": state.created,
-                                            "owned_by": "glmv", "max_model_len": state.context}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")  # a served name may hold a slash ("zai-org/GLM-4.5V")
+    async def model(model_id: str) -> dict:
+        state.check_model(model_id)
+        return model_card()
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -73,7 +83,7 @@ def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        text = state.metrics.render(state.engine.queue_depth, state.engine.running)
+        text = state.metrics.render(state.engine.queue_depth, state.engine.running, state.engine.llm.engine)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/")
@@ -84,4 +94,9 @@ def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
     # Outermost first: count every response, then refuse bad keys and big bodies before FastAPI reads them.
     app.add_middleware(Gate, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
     app.add_middleware(HttpCounter, metrics=state.metrics, paths=ROUTES)
+    if config.allowed_origins:
+        # Outermost of all: a browser's preflight (OPTIONS, no API key) is answered before the key check, and
+        # every answer, a 401 included, carries the headers that let the page read it.
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["*"],
+                           allow_headers=["*"])
     return app

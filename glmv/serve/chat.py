@@ -1,5 +1,5 @@
-"""POST /v1/chat/completions: messages with images/videos in, a message (or SSE chunks) with the answer and the
-model's reasoning (`reasoning_content`) out."""
+"""POST /v1/chat/completions: messages with images/videos in, a message (or SSE chunks) with the answer, the
+model's reasoning (`reasoning_content`) and its tool calls out."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from glmv.engine.async_engine import Handle
-from glmv.engine.outputs import ReasoningStreamParser
+from glmv.engine.outputs import opens_think
+from glmv.engine.tool_calls import AnswerStreamParser
 from glmv.serve import json_mode
 from glmv.serve.metrics import RequestTimer
 from glmv.serve.protocol import ChatCompletionRequest
-from glmv.serve.responses import chat_logprobs, chat_message, new_id, now
+from glmv.serve.responses import chat_finish_reason, chat_logprobs, chat_message, new_id, now, tool_call_deltas
 from glmv.serve.state import ServerState, complete, deltas, event_stream, submit
 
 
@@ -22,8 +23,9 @@ async def chat_completions(request: Request, state: ServerState) -> JSONResponse
     state.check_model(req.model)
     params = req.sampling_params(state.defaults, state.context)
     thinking, template_kwargs = req.template_kwargs()
-    messages = json_mode.with_instruction(req.messages, req.response_format)
-    handle, timer = await submit(state, state.engine.submit(messages, params, thinking, req.tools, **template_kwargs))
+    tools, tool_instruction = req.tool_plan()
+    messages = _with_system_text(req.messages, tool_instruction)
+    handle, timer = await submit(state, state.engine.submit(messages, params, thinking, tools, **template_kwargs))
     head = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": state.model_name}
     if req.stream:
         chunk_head = {**head, "object": "chat.completion.chunk"}
@@ -31,45 +33,63 @@ async def chat_completions(request: Request, state: ServerState) -> JSONResponse
     out = await complete(request, state, handle, timer)
     choices = []
     for c in out.outputs:
-        choice = {"index": c.index, "message": chat_message(c), "logprobs": None, "finish_reason": c.finish_reason}
+        choice = {"index": c.index, "message": chat_message(c), "logprobs": None,
+                  "finish_reason": chat_finish_reason(c.finish_reason, bool(c.tool_calls))}
         if params.logprobs is not None:
             choice["logprobs"] = chat_logprobs(state.engine.llm.tokenizer, c.logprobs or [], c.token_ids,
                                                params.logprobs)
-        if json_mode.instruction(req.response_format):
-            choice["json_valid"] = json_mode.is_json(choice["message"]["content"])
+        if json_mode.wants_json(req.response_format):
+            choice["json_valid"] = json_mode.is_json(c.content)
         choices.append(choice)
     return JSONResponse({**head, "choices": choices, "usage": out.usage})
 
 
+def _with_system_text(messages: list[dict], text: str | None) -> list[dict]:
+    """The messages with `text` added to the leading system (or developer) message, or in a new one before them."""
+    if text is None:
+        return messages
+    first = messages[0] if messages else {}
+    if first.get("role") in ("system", "developer") and isinstance(first.get("content"), str):
+        return [{**first, "content": first["content"] + "\n\n" + text}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
 async def _choices(state: ServerState, req: ChatCompletionRequest, handle: Handle,
                    timer: RequestTimer) -> AsyncIterator[list[dict]]:
-    """The choices of each chunk: the role first, then reasoning and content deltas as they are parsed."""
+    """The choices of each chunk: the role first, then reasoning and content deltas as they are parsed, each
+    tool call once its block is complete, and the finish reason with the last."""
     seqs = handle.request.seqs
-    parsers = [ReasoningStreamParser() for _ in seqs]
+    in_think = opens_think(handle.request.prompt)
+    parsers = [AnswerStreamParser(in_think, handle.request.tools) for _ in seqs]
     contents = ["" for _ in seqs]  # for the json_valid check of each sample
+    calls = [0 for _ in seqs]  # tool calls sent, per sample: the next one's index
     sent = [0 for _ in seqs]  # logprob entries already sent, per sample
     top = seqs[0].params.logprobs
-    wants_json = json_mode.instruction(req.response_format) is not None
+    wants_json = json_mode.wants_json(req.response_format)
     yield [{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
            for k in range(len(seqs))]
     async for d in deltas(handle, timer):
-        reasoning, content = parsers[d.index].feed(d.text, final=d.finish_reason is not None)
-        contents[d.index] += content
-        delta = {}
-        if reasoning:
-            delta["reasoning_content"] = reasoning
-        if content:
-            delta["content"] = content
-        if not delta and d.finish_reason is None:
-            continue  # a tag or half a stop string held back: nothing to show yet
-        choice = {"index": d.index, "delta": delta, "logprobs": None, "finish_reason": d.finish_reason}
+        k, final = d.index, d.finish_reason is not None
+        reasoning, content, new_calls = parsers[k].feed(d.text, final)
+        contents[k] += content
+        pieces = [{key: text for key, text in (("reasoning_content", reasoning), ("content", content)) if text}]
+        for call in new_calls:
+            pieces += tool_call_deltas(call, calls[k])
+            calls[k] += 1
+        pieces = [p for p in pieces if p] or ([{}] if final else [])
+        if not pieces:
+            continue  # a tag, half a stop string or an unfinished tool call held back: nothing to show yet
+        choices = [{"index": k, "delta": p, "logprobs": None, "finish_reason": None} for p in pieces]
         if top is not None:
-            seq = seqs[d.index]
+            seq = seqs[k]
             # The engine thread may already be a token ahead: send what exists, the next chunk the rest.
             end = min(len(seq.output_ids), len(seq.logprobs))
-            choice["logprobs"] = chat_logprobs(state.engine.llm.tokenizer, seq.logprobs[sent[d.index]:end],
-                                               seq.output_ids[sent[d.index]:end], top)
-            sent[d.index] = end
-        if wants_json and d.finish_reason is not None:
-            choice["json_valid"] = json_mode.is_json(contents[d.index])
-        yield [choice]
+            choices[0]["logprobs"] = chat_logprobs(state.engine.llm.tokenizer, seq.logprobs[sent[k]:end],
+                                                   seq.output_ids[sent[k]:end], top)
+            sent[k] = end
+        if final:
+            choices[-1]["finish_reason"] = chat_finish_reason(d.finish_reason, calls[k] > 0)
+            if wants_json:
+                choices[-1]["json_valid"] = json_mode.is_json(contents[k])
+        for choice in choices:
+            yield [choice]

@@ -1,43 +1,28 @@
-"""response_format json_object / json_schema, best effort: there is no constrained decoding yet.
+"""response_format json_object / json_schema: enforced by constrained decoding, reported per choice as `json_valid`.
 
-The request gets a system instruction asking for JSON (with the schema, if one was given); the answer is then
-parsed and each choice reports whether it was valid JSON (`json_valid`). Nothing forces the model to comply.
+protocol.ResponseFormat.params() turns the format into SamplingParams' json_object / json_schema, and the sampler
+masks every token of the answer to what the grammar allows (glmv.engine.guided): the answer is JSON that validates
+against the schema, whatever the model. Nothing is added to the prompt (as in vLLM; OpenAI also leaves the asking
+to the client): on the bundled model any system hint halved chart-to-JSON F1 (0.12 -> 0.06 on 30 test samples)
+and did not help colour answers. `json_valid` stays: an answer cut by max_tokens or a stop string is not JSON.
 """
 
 from __future__ import annotations
 
 import json
-import re
 
 from glmv.serve.protocol import ResponseFormat
 
-_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
-
-def instruction(fmt: ResponseFormat | None) -> str | None:
-    if fmt is None or fmt.type == "text":
-        return None
-    text = "Answer with one valid JSON object and nothing else."
-    if fmt.type == "json_schema" and fmt.json_schema and fmt.json_schema.schema_:
-        text += " It must follow this JSON schema: " + json.dumps(fmt.json_schema.schema_, ensure_ascii=False)
-    return text
-
-
-def with_instruction(messages: list[dict], fmt: ResponseFormat | None) -> list[dict]:
-    """The messages with the JSON instruction added to the system message (one is created if there is none)."""
-    text = instruction(fmt)
-    if text is None:
-        return messages
-    if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
-        return [{**messages[0], "content": messages[0]["content"] + "\n\n" + text}, *messages[1:]]
-    return [{"role": "system", "content": text}, *messages]
+def wants_json(fmt: ResponseFormat | None) -> bool:
+    return fmt is not None and fmt.type != "text"
 
 
 def is_json(content: str) -> bool:
-    """Whether the answer is one JSON object (a ```json fence around it is tolerated: models write one)."""
-    text = content.strip()
-    fenced = _FENCE.match(text)
+    """Whether the answer is one complete JSON value (the grammar decides which kind)."""
     try:
-        return isinstance(json.loads(fenced.group(1) if fenced else text), dict)
+        json.loads(content)
+        return True
     except ValueError:
         return False
+

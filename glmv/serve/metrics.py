@@ -1,6 +1,7 @@
 """Prometheus metrics in the text exposition format, written by hand (no client library needed).
 
-Counters and histograms live here; the engine's queue depth and running sequences are read at scrape time,
+Counters and histograms live here; the engine's queue depth, running sequences, KV blocks, prefix-cache hits and
+preemptions are read at scrape time,
 so /metrics shows the live state (a test checks both return to 0 after a load with cancellations).
 """
 
@@ -10,10 +11,14 @@ import bisect
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+if TYPE_CHECKING:
+    from glmv.engine.engine import Engine
 
 
 @dataclass
@@ -54,7 +59,8 @@ class Metrics:
     def timer(self) -> RequestTimer:
         return RequestTimer(self)
 
-    def render(self, queue_depth: int, running: int) -> str:
+    def render(self, queue_depth: int, running: int, engine: "Engine") -> str:
+        blocks = engine.blocks
         lines = [
             "# HELP glmv_http_requests_total HTTP requests answered, by route and status.",
             "# TYPE glmv_http_requests_total counter",
@@ -86,6 +92,19 @@ class Metrics:
             "# HELP glmv_e2e_request_latency_seconds From request arrival to its last token.",
             "# TYPE glmv_e2e_request_latency_seconds histogram",
             *self.e2e.lines("glmv_e2e_request_latency_seconds"),
+            "# HELP glmv_kv_cache_blocks KV cache blocks, all and free (free ones may still hold cached prefixes).",
+            "# TYPE glmv_kv_cache_blocks gauge",
+            f'glmv_kv_cache_blocks{{state="total"}} {len(blocks.blocks)}',
+            f'glmv_kv_cache_blocks{{state="free"}} {blocks.num_free}',
+            "# HELP glmv_prefix_cache_queries_total Prompt tokens looked up in the prefix cache.",
+            "# TYPE glmv_prefix_cache_queries_total counter",
+            f"glmv_prefix_cache_queries_total {blocks.queries}",
+            "# HELP glmv_prefix_cache_hits_total Prompt tokens found there (hit rate: hits / queries).",
+            "# TYPE glmv_prefix_cache_hits_total counter",
+            f"glmv_prefix_cache_hits_total {blocks.hits}",
+            "# HELP glmv_preemptions_total Sequences preempted for lack of KV blocks (recomputed later).",
+            "# TYPE glmv_preemptions_total counter",
+            f"glmv_preemptions_total {engine.scheduler.preemptions}",
         ]
         return "\n".join(lines) + "\n"
 

@@ -15,6 +15,11 @@ from glmv.errors import InputError
 
 # Names the chat template binds itself: a request must not rebind them through chat_template_kwargs.
 RESERVED_TEMPLATE_VARS = frozenset({"messages", "tools", "documents", "add_generation_prompt", "enable_thinking"})
+# Each is compared with every token the request samples: bounded, so one request cannot slow the shared batch.
+MAX_STOP_TOKEN_IDS = 1024
+# tool_choice "required" / a named function, asked for in the prompt until constrained decoding can enforce it.
+REQUIRED_TOOL_INSTRUCTION = "In this reply you must call at least one of the functions you are given."
+NAMED_TOOL_INSTRUCTION = "In this reply you must call the function {name}."
 
 
 class _Body(BaseModel):
@@ -35,11 +40,53 @@ class ResponseFormat(_Body):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchema | None = None
 
+    def params(self) -> dict[str, Any]:
+        """The SamplingParams fields that enforce this format (`strict` or not: the answer always follows it)."""
+        if self.type == "json_schema" and self.json_schema is not None and self.json_schema.schema_ is not None:
+            return {"json_schema": self.json_schema.schema_}
+        return {} if self.type == "text" else {"json_object": True}
+
+
+class StructuredOutputs(_Body):
+    """vLLM's `structured_outputs` object: one constraint on the answer (its other options are ignored)."""
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        values = {"json_schema": self.json_, "json_object": self.json_object, "regex": self.regex,
+                  "choice": self.choice, "grammar": self.grammar}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+class FunctionDefinition(_Body):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema: it also types the arguments the model writes
+    strict: bool | None = None
+
+
+class Tool(_Body):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(_Body):
+    name: str
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
 
 class _Generate(_Body):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
-    model: str
+    model: str | None = None  # optional: this server serves one model
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = None
@@ -53,20 +100,48 @@ class _Generate(_Body):
     repetition_penalty: float | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
     ignore_eos: bool = False
     min_tokens: int = 0
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    # Structured output, vLLM's ways (chat also takes OpenAI's response_format): the newer object, the older fields.
+    structured_outputs: StructuredOutputs | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
 
     def _limit(self) -> int | None:
         return self.max_tokens
+
+    def _structured_ways(self) -> dict[str, dict[str, Any]]:
+        """{field that asked: the SamplingParams fields it sets}, for each way of asking for structured output."""
+        ways = {}
+        if self.structured_outputs is not None:
+            ways["structured_outputs"] = self.structured_outputs.params()
+        guided = {"json_schema": self.guided_json, "regex": self.guided_regex, "choice": self.guided_choice,
+                  "grammar": self.guided_grammar}
+        guided = {k: v for k, v in guided.items() if v is not None}
+        if guided:
+            ways["guided_*"] = guided
+        return ways
+
+    def _structured(self) -> dict[str, Any]:
+        """The structured-output fields of SamplingParams; asking in two ways at once is refused (which should
+        win is anyone's guess), and SamplingParams refuses two constraints given in one way."""
+        ways = self._structured_ways()
+        if len(ways) > 1:
+            raise InputError(f"structured output is asked for in {' and '.join(ways)}: use one")
+        return next(iter(ways.values()), {})
 
     def _top_logprobs(self) -> int | None:
         return None
 
     def sampling_params(self, defaults: SamplingParams, context: int) -> SamplingParams:
         """The request's values over the checkpoint's defaults. Without max_tokens the answer may fill the rest
-        of the context (the engine caps every budget at context - prompt), as vLLM does."""
+        of the context (the engine caps every budget at context - prompt), as vLLM does. stop_token_ids add to
+        the defaults' (the checkpoint's eos ids), as in vLLM."""
         values = dict(vars(defaults))
         for name in ("n", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
                      "repetition_penalty", "seed", "ignore_eos", "min_tokens", "skip_special_tokens",
@@ -75,9 +150,12 @@ class _Generate(_Body):
             if value is not None:
                 values[name] = value
         values["stop"] = [] if self.stop is None else self.stop
+        if self.stop_token_ids is not None:
+            values["stop_token_ids"] = [*(defaults.stop_token_ids or ()), *self.stop_token_ids]
         limit = self._limit()
         values["max_tokens"] = context if limit is None else limit
         values["logprobs"] = self._top_logprobs()
+        values.update(self._structured())
         return SamplingParams(**values)
 
     @property
@@ -92,10 +170,17 @@ class ChatCompletionRequest(_Generate):
     top_logprobs: int | None = None
     response_format: ResponseFormat | None = None
     chat_template_kwargs: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
     def _limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def _structured_ways(self) -> dict[str, dict[str, Any]]:
+        ways = super()._structured_ways()
+        if self.response_format is not None and self.response_format.type != "text":
+            ways["response_format"] = self.response_format.params()
+        return ways
 
     def _top_logprobs(self) -> int | None:
         if self.top_logprobs is not None and not self.logprobs:
@@ -112,6 +197,29 @@ class ChatCompletionRequest(_Generate):
         if clash:
             raise InputError(f"chat_template_kwargs may not set {', '.join(clash)}")
         return thinking, kwargs
+
+    def tool_plan(self) -> tuple[list[dict] | None, str | None]:
+        """(the tools to render into the prompt, which also type the parsed calls; an instruction for the system
+        prompt), from tools and tool_choice.
+
+        "none" renders no tools, so no call is made or parsed (vLLM's way); "auto", the default, renders them all.
+        "required" and a named function (only that one is rendered) are asked for in the prompt: nothing
+        enforces them until constrained decoding does."""
+        choice = self.tool_choice or "auto"
+        if not self.tools and choice not in ("none", "auto"):
+            raise InputError("tool_choice 'required' or a named function needs 'tools'")
+        if not self.tools or choice == "none":
+            return None, None
+        tools = [tool.model_dump(exclude_none=True) for tool in self.tools]
+        if choice == "auto":
+            return tools, None
+        if choice == "required":
+            return tools, REQUIRED_TOOL_INSTRUCTION
+        name = choice.function.name
+        named = [tool for tool in tools if tool["function"]["name"] == name]
+        if not named:
+            raise InputError(f"tool_choice names the function {name!r}, which is not in 'tools'")
+        return named[:1], NAMED_TOOL_INSTRUCTION.format(name=name)
 
 
 class CompletionRequest(_Generate):

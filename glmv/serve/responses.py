@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 
-from glmv.engine.outputs import CompletionOutput, parse_reasoning
+from glmv.engine.outputs import CompletionOutput, ToolCall
 from glmv.inputs.tokenizer import Tokenizer
 
 
@@ -63,5 +63,24 @@ def completion_logprobs(tok: Tokenizer, entries: list[dict[int, float]], ids: li
 
 
 def chat_message(c: CompletionOutput) -> dict:
-    reasoning, content = parse_reasoning(c.text)
-    return {"role": "assistant", "content": content, "reasoning_content": reasoning}
+    """The assistant message of a sample. reasoning_content is null when the model did not think (no block, or
+    an empty one: a stream sends no reasoning then either); content is null only beside tool calls."""
+    message = {"role": "assistant", "content": c.content or (None if c.tool_calls else ""),
+               "reasoning_content": c.reasoning or None}
+    if c.tool_calls:
+        message["tool_calls"] = [call.to_openai() for call in c.tool_calls]
+    return message
+
+
+def chat_finish_reason(reason: str | None, called: bool) -> str | None:
+    """OpenAI's "tool_calls" when a sample that made calls stopped by itself; a cut ("length") stays a cut."""
+    return "tool_calls" if called and reason == "stop" else reason
+
+
+def tool_call_deltas(call: ToolCall, index: int) -> list[dict]:
+    """A finished call as OpenAI streams one: a delta naming it (id, type, name, empty arguments), then one with
+    its arguments. Calls are sent whole, once their </tool_call> is seen: a block can still prove malformed
+    (and stay text) until then."""
+    return [{"tool_calls": [{"index": index, "id": call.id, "type": call.type,
+                             "function": {"name": call.name, "arguments": ""}}]},
+            {"tool_calls": [{"index": index, "function": {"arguments": call.arguments}}]}]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -34,10 +34,14 @@ class ServerState:
 
     @property
     def defaults(self) -> SamplingParams:
-        return self.engine.llm.default_sampling_params()
+        """The checkpoint's sampling defaults, its eos ids spelled out so that a request's stop_token_ids add to
+        them (vLLM's meaning) rather than replace them."""
+        llm = self.engine.llm
+        return replace(llm.default_sampling_params(), stop_token_ids=list(llm.engine.eos_token_ids))
 
-    def check_model(self, name: str) -> None:
-        if name != self.model_name:
+    def check_model(self, name: str | None) -> None:
+        """`name` must be the served model; None (the client left `model` out) means it."""
+        if name is not None and name != self.model_name:
             raise ModelNotFoundError(f"the model {name!r} does not exist; this server serves {self.model_name!r}")
 
     def finish(self, handle: Handle, timer: RequestTimer) -> RequestOutput:

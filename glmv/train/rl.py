@@ -102,7 +102,7 @@ class GRPOTrainer:
 
     def _rollouts(self, llm: LLM, prompts: list[Prompt], step: int) -> list[tuple[Prompt, list]]:
         r = self.recipe
-        llm.engine.vision.clear()  # the policy changed since the last step
+        llm.engine.weights_changed()  # the policy changed since the last step: no stale embeddings or KV
         params = SamplingParams(n=r.group_size, temperature=r.temperature, max_tokens=r.max_new_tokens,
                                 seed=r.seed * 1_000_003 + step, skip_special_tokens=False)
         groups = []

@@ -28,17 +28,16 @@ def test_joining_mid_flight_equals_running_alone(llm):
     engine = llm.engine
     seqs_a = [s for r in llm.prepare_chat(first, params) for s in r.seqs]
     seqs_b = [s for r in llm.prepare_chat(later, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)) for s in r.seqs]
-    batch = engine.prefill(seqs_a)
-    for _ in range(3):
-        engine.sample(batch)
-        engine.advance(batch)
-    batch.merge(engine.prefill(seqs_b))  # joins after the first two made 3 tokens
+    for seq in seqs_a:
+        engine.add(seq)
+    while min(len(s.output_ids) for s in seqs_a) < 3:
+        engine.step()
+    for seq in seqs_b:  # join after the first two made 3 tokens
+        engine.add(seq)
     seqs_a[0].finish_reason = "abort"  # and one of the first ones is cancelled meanwhile
-    while True:
-        engine.sample(batch)
-        if not engine.advance(batch):
-            break
-    assert seqs_a[0].output_ids == alone[0][:4]
+    while engine.has_work():
+        engine.step()
+    assert seqs_a[0].output_ids == alone[0][:3]
     assert seqs_a[1].output_ids == alone[1]
     assert [s.output_ids for s in seqs_b] == [alone[2][:6], alone[3][:6]]
-    assert batch.seqs == []
+    assert engine.blocks.num_free == engine.kv.num_blocks  # every block given back

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 
 import pytest
 from PIL import Image
@@ -96,7 +97,23 @@ def test_samples_join_over_several_steps_when_the_batch_is_partly_full(llm):
     assert engine.running == 0 and engine.queue_depth == 0
 
 
-def test_a_request_that_breaks_sampling_fails_alone(llm):
+def gated(engine: AsyncEngine, monkeypatch) -> threading.Event:
+    """Hold the engine thread before it takes the first submitted requests, so that all requests submitted
+    before `open.set()` join the engine together and run in one batch."""
+    opened = threading.Event()
+    admit = engine._admit
+
+    def wait_then_admit():
+        opened.wait()
+        admit()
+
+    monkeypatch.setattr(engine, "_admit", wait_then_admit)
+    with engine.wake:  # wake the thread (idle in its first _admit) so that it picks up the gated one
+        engine.wake.notify()
+    return opened
+
+
+def test_a_request_that_breaks_sampling_fails_alone(llm, monkeypatch):
     """A parameter that slipped past validation (top_k over int64) raises in the batched sampler: only its
     request fails, with a message that hides the internal error; the others get their text."""
     alone = [llm.chat(conv(i, image=i == 1), GREEDY)[0].outputs[0].text for i in range(3)]
@@ -104,8 +121,10 @@ def test_a_request_that_breaks_sampling_fails_alone(llm):
     bad.top_k = 2**64  # past __post_init__'s check, as a bug elsewhere might let it
 
     async def body(engine):
+        opened = gated(engine, monkeypatch)
         handles = [await engine.submit(conv(0), bad)]
         handles += [await engine.submit(conv(i, image=i == 1), GREEDY) for i in range(3)]
+        opened.set()
         return await asyncio.gather(*(outcome(h) for h in handles))
 
     (failed, *innocent), engine = run(llm, 8, body)
@@ -114,23 +133,32 @@ def test_a_request_that_breaks_sampling_fails_alone(llm):
     assert engine.running == 0
 
 
-def test_a_request_that_breaks_prefill_fails_alone(llm, monkeypatch):
-    """A prompt whose image placeholders do not match its media, let past the per-request check: the batched
-    prefill raises, each request is prefilled alone, and only the bad one fails (with its own message)."""
+def test_a_request_that_breaks_the_forward_fails_alone(llm, monkeypatch):
+    """A sequence whose forward raises (simulated: the runner refuses any batch holding its marker prompt) in a
+    batch with others: the engine reruns the batch sequence by sequence and only that request fails."""
     alone = [llm.chat(conv(i, image=i == 1), GREEDY)[0].outputs[0].text for i in range(3)]
-    image_token = llm.processor.media_tokens.image
+    marker = [7, 7, 7, 7, 7]
+    forward = llm.engine.runner.forward
+    batched_failures = []
+
+    def faulty(work):
+        if any(seq.prompt_ids == marker for seq, _ in work):
+            batched_failures.append(len(work))
+            raise RuntimeError("simulated fault in one sequence")
+        return forward(work)
 
     async def body(engine):
-        monkeypatch.setattr(engine.llm.engine, "check", lambda seq: None)
+        monkeypatch.setattr(engine.llm.engine.runner, "forward", faulty)
+        opened = gated(engine, monkeypatch)
         good = [await engine.submit(conv(i, image=i == 1), GREEDY) for i in range(3)]
-        evil = await engine.submit_prompt([image_token] * 3 + [5, 6], GREEDY)  # image tokens, no image
-        with engine.lock:  # make sure all four join one batch
-            engine.waiting.rotate(1)
+        evil = await engine.submit_prompt(marker, GREEDY)
+        opened.set()
         return await asyncio.gather(*(outcome(h) for h in [evil, *good]))
 
     (failed, *innocent), engine = run(llm, 8, body)
     assert innocent == [[a] for a in alone]
-    assert isinstance(failed, InputError) and "placeholder" in str(failed)
+    assert isinstance(failed, GlmvError) and "simulated" not in str(failed)
+    assert max(batched_failures) > 1  # it did fail inside a batch, and was isolated
     assert engine.running == 0
 
 

@@ -138,5 +138,6 @@ def test_completion_output_sums_the_chosen_tokens_logprobs():
 
 def test_request_output_usage():
     req = RequestOutput("1", "p", [1, 2, 3], [CompletionOutput(0, "x", [9], "length")], prompt_tokens=3,
-                        completion_tokens=1)
-    assert req.usage == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4} and req.finished
+                        completion_tokens=1, cached_tokens=2)
+    assert req.usage == {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
+                         "prompt_tokens_details": {"cached_tokens": 2}} and req.finished
