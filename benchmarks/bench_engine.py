@@ -4,7 +4,9 @@ checkpoint, in one run:
 
 - multi-turn: 5 turns of one conversation with an image, each sent whole (greedy, 16 new tokens a turn);
 - 32 clients: 32 conversations at once (greedy, 32 new tokens each), output tokens/s;
-- KV memory: what glmv allocates (its budget) vs the size of transformers' cache after the 32-client run.
+- KV memory: what glmv allocates (its budget) vs the size of transformers' cache after the 32-client run;
+- chunked prefill: the largest gap between tokens of a running stream while a 1,500-token prompt joins (with a
+  256-token step budget), next to that prompt's unchunked prefill time.
 
     python benchmarks/bench_engine.py [--threads 2] [--repeats 3]
 
@@ -114,6 +116,42 @@ def main() -> None:
           f"transformers' cache after the 32-client run: {variants['transformers'].kv_bytes / 2**20:.1f} MiB")
     blocks = paged.llm.engine.blocks
     print(f"prefix cache: {blocks.hits} of {blocks.queries} prompt tokens served from it over the whole run")
+    gap, prefill = join_gap(path, args.repeats)
+    print(f"chunked prefill: largest inter-token gap of a running stream while a {JOIN_PROMPT}-token prompt joins "
+          f"{gap * 1e3:.1f} ms; that prompt's unchunked prefill {prefill * 1e3:.1f} ms ({gap / prefill:.2f}x)")
+
+
+JOIN_PROMPT, JOIN_BUDGET = 1500, 256
+
+
+def join_gap(path: str, repeats: int) -> tuple[float, float]:
+    """(median over repeats of the largest gap between a running stream's tokens while a long prompt is
+    prefilled in JOIN_BUDGET-token chunks, median time of that prompt's prefill in one piece)."""
+    llm = LLM(path, progress=False, max_num_batched_tokens=JOIN_BUDGET)
+    engine = llm.engine
+    params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    gaps, prefills = [], []
+    for r in range(repeats + 1):
+        engine.weights_changed()  # no prefix hits: the long prompt is computed every time
+        long = llm.prepare_prompt([20 + (i + r) % 9 for i in range(JOIN_PROMPT)], params)
+        stream = llm.prepare_prompt([11, 12, 13], SamplingParams(temperature=0, max_tokens=10_000, ignore_eos=True))
+        engine.add(stream.seqs[0])
+        engine.step()  # the stream is decoding
+        engine.add(long.seqs[0])
+        last, worst = time.perf_counter(), 0.0
+        while not long.seqs[0].output_ids:
+            engine.step()
+            now = time.perf_counter()
+            worst, last = max(worst, now - last), now
+        stream.seqs[0].finish_reason = "abort"
+        engine.step()
+        engine.scheduler.max_num_batched_tokens = 10 * JOIN_PROMPT  # the same prompt in one piece
+        engine.weights_changed()
+        alone = llm.prepare_prompt([20 + (i + r) % 9 for i in range(JOIN_PROMPT)], params)
+        prefills.append(timed(lambda: llm.run_requests([alone])))
+        engine.scheduler.max_num_batched_tokens = JOIN_BUDGET
+        gaps.append(worst)
+    return statistics.median(gaps[1:]), statistics.median(prefills[1:])
 
 
 if __name__ == "__main__":

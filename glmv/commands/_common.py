@@ -14,8 +14,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--kv-cache-memory", default=None, metavar="SIZE",
-                   help="paged KV cache size, allocated once, e.g. 2GiB or 512MB (default: 1 GiB on CPU, half the "
-                        "free memory on GPU)")
+                   help="paged KV cache size, allocated once, e.g. 2GiB or 512MB (default: on CPU room for 16 "
+                        "full-context sequences, at most 1 GiB; on GPU half the free memory)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block (default 16)")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="tokens one engine step computes at most; longer prompts are prefilled in chunks between "

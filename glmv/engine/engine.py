@@ -35,7 +35,8 @@ from glmv.model.positions import IMAGE, VIDEO, rope_index
 
 log = logging.getLogger(__name__)
 
-CPU_KV_MEMORY = 1 << 30  # KV budget on CPU (1 GiB): RAM is shared with everything else
+CPU_KV_MEMORY = 1 << 30  # most KV budget by default on CPU (1 GiB): RAM is shared with everything else
+CPU_KV_CONTEXTS = 16  # ... or room for this many full-context sequences, if less (small models need little)
 GPU_KV_FRACTION = 0.5  # of the memory free after loading the weights
 
 
@@ -48,7 +49,7 @@ class EngineStats:
 @dataclass(frozen=True)
 class EngineConfig:
     block_size: int = 16
-    kv_cache_memory: int | None = None  # bytes; None: CPU_KV_MEMORY on CPU, GPU_KV_FRACTION of free on GPU
+    kv_cache_memory: int | None = None  # bytes; None: see _kv_budget
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
@@ -63,7 +64,9 @@ class Engine:
         t = model.config.text
         per_block = PagedKVCache.bytes_per_block(t.num_hidden_layers, config.block_size, t.num_key_value_heads,
                                                  t.head_dim, model.dtype)
-        num_blocks = max(1, _kv_budget(config.kv_cache_memory, model.device) // per_block)
+        context = max_model_len or t.max_position_embeddings
+        default = CPU_KV_CONTEXTS * -(-context // config.block_size) * per_block
+        num_blocks = max(1, _kv_budget(config.kv_cache_memory, model.device, default) // per_block)
         self.kv = PagedKVCache(t.num_hidden_layers, num_blocks, config.block_size, t.num_key_value_heads, t.head_dim,
                                model.dtype, model.device)
         # One sequence of the full context must fit the pool alone, or it could wait forever.
@@ -243,13 +246,13 @@ def _samples_alone(logits: torch.Tensor, seq: Sequence, vocab: GrammarVocab | No
             gen.set_state(state)
 
 
-def _kv_budget(requested: int | None, device: torch.device) -> int:
+def _kv_budget(requested: int | None, device: torch.device, cpu_need: int) -> int:
     if requested is not None:
         return requested
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * GPU_KV_FRACTION)
-    return CPU_KV_MEMORY
+    return min(CPU_KV_MEMORY, cpu_need)
 
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,

@@ -96,8 +96,8 @@ class LLM:
                  device: str | torch.device = "cpu", limits: MediaLimits | None = None,
                  max_model_len: int | None = None, progress: bool = True, kv_cache_memory: int | str | None = None,
                  block_size: int = 16, max_num_batched_tokens: int = 2048):
-        """`kv_cache_memory`: bytes (or "2GiB", "512MB") of paged KV cache, allocated once (default: 1 GiB on CPU,
-        half the free memory on GPU); `block_size`: tokens per KV block; `max_num_batched_tokens`: tokens one
+        """`kv_cache_memory`: bytes (or "2GiB", "512MB") of paged KV cache, allocated once (default: on CPU room for
+        16 full-context sequences, at most 1 GiB; on GPU half the free memory); `block_size`: tokens per KV block; `max_num_batched_tokens`: tokens one
         step computes at most (longer prompts are prefilled in chunks between decode steps)."""
         engine = EngineConfig(block_size, parse_memory(kv_cache_memory), max_num_batched_tokens=max_num_batched_tokens)
         device = resolve_device(device)  # "auto", or one this machine has: a clear error before any loading

@@ -20,10 +20,13 @@ class PagedKVCache:
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device | str):
         shape = ((num_blocks + 1) * block_size, kv_heads, head_dim)  # flat slots: block b holds b*bs .. b*bs+bs-1
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Empty, not zeros: a slot is always written before it is read, and on CPU untouched pages cost no RAM.
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_blocks, self.block_size = num_blocks, block_size
         self.pad_slot = num_blocks * block_size
+        for pool in self.k + self.v:
+            pool[self.pad_slot :].zero_()  # the scratch block is read (masked) before anything is written there
 
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -18,43 +18,12 @@ from glmv.engine.guided import GrammarVocab, GuidedDecoding
 from glmv.engine.sampling import Row, Sampler, SamplingParams
 from glmv.errors import InputError
 from glmv.inputs.tokenizer import Tokenizer
+from glmv.testing.schemas import ENFORCED, SCHEMAS
 
 NANO = Path(__file__).resolve().parents[2] / "glmv" / "assets" / "nano"
 ROLLOUTS = 50
 MAX_TOKENS = 300
 
-SCHEMAS = {
-    "nested": {
-        "type": "object", "additionalProperties": False, "required": ["name", "address"],
-        "properties": {"name": {"type": "string", "maxLength": 12},
-                       "address": {"type": "object", "additionalProperties": False, "required": ["city", "zip"],
-                                   "properties": {"city": {"type": "string"}, "zip": {"type": "string"}}}}},
-    "arrays": {
-        "type": "object", "additionalProperties": False, "required": ["boxes"],
-        "properties": {"boxes": {"type": "array", "minItems": 1, "maxItems": 3,
-                                 "items": {"type": "array", "minItems": 4, "maxItems": 4,
-                                           "items": {"type": "integer", "minimum": 0, "maximum": 1000}}}}},
-    "enum": {
-        "type": "object", "additionalProperties": False, "required": ["color", "kind"],
-        "properties": {"color": {"enum": ["red", "green", "blue", 7, None]}, "kind": {"const": "box"}}},
-    "required": {
-        "type": "object", "additionalProperties": False, "required": ["a"],
-        "properties": {"a": {"type": "boolean"}, "b": {"type": "integer"}, "c": {"type": "string", "maxLength": 5}}},
-    "pattern": {
-        "type": "object", "additionalProperties": False, "required": ["code"],
-        "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"}}},
-    "numbers": {
-        "type": "object", "additionalProperties": False, "required": ["count", "score", "temp"],
-        "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 12},
-                       "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                       "temp": {"type": "number", "minimum": -40.5, "maximum": 60}}},
-    "refs": {
-        "$defs": {"Item": {"type": "object", "additionalProperties": False, "required": ["label", "n"],
-                           "properties": {"label": {"type": "string", "minLength": 1, "maxLength": 8},
-                                          "n": {"anyOf": [{"type": "integer"}, {"type": "null"}]}}}},
-        "type": "object", "additionalProperties": False, "required": ["items"],
-        "properties": {"items": {"type": "array", "maxItems": 3, "items": {"$ref": "#/$defs/Item"}}}},
-}
 
 
 @pytest.fixture(scope="module")
@@ -146,13 +115,13 @@ def test_a_constrained_row_needs_the_vocabulary():
 
 
 # --- any model writes valid output ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", SCHEMAS)
+@pytest.mark.parametrize("name", ENFORCED)
 def test_every_rollout_parses_and_validates(name, tok, vocab, closers):
     """50 rows (half greedy, half sampled with seeds) from random logits: every answer validates."""
     schema = SCHEMAS[name]
     rows = [Row(SamplingParams(json_schema=schema, temperature=0 if i % 2 else 1.0, seed=i, max_tokens=MAX_TOKENS),
                 prompt(tok, False)) for i in range(ROLLOUTS)]
-    rollouts(Sampler(vocab), rows, vocab, closers, seed=list(SCHEMAS).index(name))
+    rollouts(Sampler(vocab), rows, vocab, closers, seed=list(ENFORCED).index(name))
     texts = [answer(tok, r, vocab) for r in rows]
     for text in texts:
         jsonschema.validate(json.loads(text), schema)
@@ -199,11 +168,11 @@ def test_a_vocabulary_with_holes_and_padded_logits(tmp_path):
     tok = Tokenizer.from_pretrained(tmp_path)
     vocab = GrammarVocab.from_pretrained(tmp_path, [special["<|endoftext|>"], special["<|user|>"]])
     real = {i for i in range(TINY_VOCAB_SIZE) if tok.id_to_token(i) is not None}
-    rows = [Row(SamplingParams(json_schema=SCHEMAS["required"], seed=i), tok.encode("hi")) for i in range(10)]
+    rows = [Row(SamplingParams(json_schema=SCHEMAS["required, optional"], seed=i), tok.encode("hi")) for i in range(10)]
     rollouts(Sampler(vocab), rows, vocab, closing_tokens(tok, TINY_VOCAB_SIZE))
     for r in rows:
         assert set(r.output_ids) <= real
-        jsonschema.validate(json.loads(answer(tok, r, vocab)), SCHEMAS["required"])
+        jsonschema.validate(json.loads(answer(tok, r, vocab)), SCHEMAS["required, optional"])
 
 
 def test_a_complete_answer_allows_only_the_stop_tokens(tok, vocab):
@@ -283,7 +252,7 @@ def test_thinking_comes_before_the_grammar(tok, vocab):
 
 def test_thinking_rows_answer_with_valid_json(tok, vocab, closers):
     """Rows that think (pushed to open <think> and, later, to close it) still answer with valid JSON."""
-    schema = SCHEMAS["enum"]
+    schema = SCHEMAS["enum and const"]
     rows = [Row(SamplingParams(json_schema=schema, seed=i), prompt(tok, True)) for i in range(10)]
     sampler = Sampler(vocab)
     for r in rows:  # the model opened and wrote some thinking; the sampler joins from here
@@ -297,6 +266,6 @@ def test_thinking_rows_answer_with_valid_json(tok, vocab, closers):
 def test_a_new_sampler_catches_up_with_a_rows_output(tok, vocab):
     """Row state follows output_ids: a row re-sampled by a fresh sampler (the engine's dry run, a preempted and
     resumed row) continues from where its output is."""
-    row = Row(SamplingParams(json_schema=SCHEMAS["required"]), prompt(tok, False), tok.encode('{"a": true'))
+    row = Row(SamplingParams(json_schema=SCHEMAS["required, optional"]), prompt(tok, False), tok.encode('{"a": true'))
     after = allowed_ids(vocab, [row])[0]
     assert tok.encode("}")[0] in after and tok.encode("1")[0] not in after and tok.encode("{")[0] not in after
