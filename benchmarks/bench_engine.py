@@ -112,8 +112,10 @@ def main() -> None:
               f"{med(rate[name]):17.1f} {med(rate[name]) / base_rate:5.2f}x")
     kv = paged.llm.engine.kv
     glmv_kv = sum(t.numel() * t.element_size() for t in kv.k + kv.v)
-    print(f"KV memory: glmv allocates {glmv_kv / 2**20:.1f} MiB once (its budget, {kv.num_blocks} blocks); "
-          f"transformers' cache after the 32-client run: {variants['transformers'].kv_bytes / 2**20:.1f} MiB")
+    used = paged.llm.engine.blocks.peak_used * glmv_kv / (kv.num_blocks + 1)
+    print(f"KV memory: glmv reserves {glmv_kv / 2**20:.1f} MiB once (its budget, {kv.num_blocks} blocks) and held at "
+          f"most {used / 2**20:.1f} MiB; transformers' cache after the 32-client run: "
+          f"{variants['transformers'].kv_bytes / 2**20:.1f} MiB")
     blocks = paged.llm.engine.blocks
     print(f"prefix cache: {blocks.hits} of {blocks.queries} prompt tokens served from it over the whole run")
     gap, prefill = join_gap(path, args.repeats)

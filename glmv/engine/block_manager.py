@@ -32,6 +32,7 @@ class BlockManager:
         self.by_hash: dict[bytes, int] = {}
         self.hits = 0  # prompt tokens served from the cache (for /metrics)
         self.queries = 0  # prompt tokens looked up
+        self.peak_used = 0  # most blocks held at once (benchmarks)
 
     @property
     def num_free(self) -> int:
@@ -83,6 +84,7 @@ class BlockManager:
         if block.ref_count == 0:
             del self.free[b]
         block.ref_count += 1
+        self.peak_used = max(self.peak_used, len(self.blocks) - len(self.free))
         return b
 
     def _evict(self) -> int:

@@ -37,13 +37,13 @@ class ModelRunner:
         media: dict[int, list[torch.Tensor]] = {IMAGE: [], VIDEO: []}
         for i, (seq, n) in enumerate(work):
             start, end = seq.num_computed, seq.num_computed + n
-            ids[i, q - n :] = torch.tensor(seq.token_ids[start:end])
+            ids[i, q - n :] = torch.tensor(seq.tokens(start, end))
             types[i, q - n :] = seq.types(start, end)
             positions[:, i, q - n :] = seq.positions(start, end)
-            new_slots = torch.tensor(self.cache.slots(seq.block_table, start, end))
-            write[i, q - n :] = new_slots
-            read[i, past - start : past] = torch.tensor(self.cache.slots(seq.block_table, 0, start), dtype=torch.long)
-            read[i, past + q - n :] = new_slots
+            slots = self.cache.slots(seq.block_table, end)  # [end]: every computed token's slot, and the new ones
+            write[i, q - n :] = slots[start:]
+            read[i, past - start : past] = slots[:start]
+            read[i, past + q - n :] = slots[start:]
             mask[i, past - start : past] = 1
             mask[i, past + q - n :] = 1
             for kind in (IMAGE, VIDEO):

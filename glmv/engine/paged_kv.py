@@ -32,10 +32,11 @@ class PagedKVCache:
     def bytes_per_block(num_layers: int, block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * num_layers * block_size * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
-    def slots(self, block_table: list[int], start: int, end: int) -> list[int]:
-        """Flat slot indices of tokens [start, end) of a sequence with this block table."""
+    def slots(self, block_table: list[int], n: int) -> torch.Tensor:
+        """Flat slot indices [n] of the first n tokens of a sequence with this block table."""
         bs = self.block_size
-        return [block_table[t // bs] * bs + t % bs for t in range(start, end)]
+        blocks = torch.tensor(block_table[: -(-n // bs)], dtype=torch.long)
+        return (blocks[:, None] * bs + torch.arange(bs)).flatten()[:n]
 
     def step(self, write: torch.Tensor, read: torch.Tensor) -> "PagedStep":
         return PagedStep(self, write, read)

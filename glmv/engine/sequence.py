@@ -67,6 +67,11 @@ class Sequence:
     def token_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
+    def tokens(self, start: int, end: int) -> list[int]:
+        """token_ids[start:end] without building the whole list (a decode step asks for the last one)."""
+        n = len(self.prompt_ids)
+        return self.prompt_ids[min(start, n) : min(end, n)] + self.output_ids[max(start - n, 0) : max(end - n, 0)]
+
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
 
