@@ -1,5 +1,6 @@
 """The nano model's card: architecture and size, the recipe of every stage (steps, data mix, time, final loss or
-reward) and the per-stage evaluation table on the world's test split, written from the run's own files."""
+reward), the per-stage evaluation tables on the world's test and held-out splits and the vision tower's linear
+probes, written from the run's own files."""
 
 from __future__ import annotations
 
@@ -45,8 +46,23 @@ def eval_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def probe_section(probes: dict[str, dict[str, dict]] | None) -> str:
+    """probes: label -> model name -> linear_probe() result (RUN/probe.json)."""
+    if not probes:
+        return ""
+    from glmv.train.probe import probe_table
+
+    return f"""## Vision tower (linear probes, glmv.train.probe)
+Held-out accuracy of a ridge classifier on the projector's output tokens, pooled per image, on world test images:
+
+{probe_table(probes)}
+
+"""
+
+
 def write_card(path: Path, model_dir: Path, stages: list[tuple[str, Recipe, Path, float | None]],
-               results: dict[str, dict], notes: str) -> None:
+               results: dict[str, dict[str, dict]], notes: str, probes: dict | None = None) -> None:
+    """results: split ("test", "heldout") -> stage name -> evaluate() output."""
     config = GlmvConfig.from_pretrained(model_dir)
     t, v = config.text, config.vision
     size = sum(f.stat().st_size for f in Path(model_dir).glob("*.safetensors"))
@@ -67,8 +83,11 @@ pipeline, not a general model: it knows only the world's tasks.
 """ + "\n".join(stage_row(*s) for s in stages) + f"""
 
 ## Evaluation (glmv eval, world test split, greedy)
-{eval_table(results)}
+{eval_table(results["test"])}
 
-{notes}
+## Evaluation on the held-out split (glmv eval --split heldout: a look and a wording no training sample had)
+{eval_table(results["heldout"])}
+
+{probe_section(probes)}{notes}
 """
     Path(path).write_text(text)

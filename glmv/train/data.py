@@ -13,7 +13,7 @@ carries `/nothink`) and the target is the answer alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,10 @@ from glmv.inputs.chat import normalize_messages
 from glmv.inputs.image import ImageFeatures
 from glmv.inputs.processor import Processor
 from glmv.inputs.video import VideoFeatures
+from glmv.train.recipe import Recipe
+
+if TYPE_CHECKING:
+    from glmv.world import Sample
 
 IGNORE = -100
 DEFAULT_TRACE = "Let me look at the image carefully."
@@ -92,3 +96,10 @@ class Mixture:
         rng = np.random.default_rng([self.seed, step])
         picks = rng.choice(len(self.tasks), size=n, p=self.probs if probs is None else probs)
         return [(self.tasks[t], step * n + slot) for slot, t in enumerate(picks)]
+
+
+def world_sample(recipe: Recipe, task: str, index: int) -> Sample:
+    """The `index`-th training sample of `task`, in a random look and wording with the recipe's `variety`."""
+    from glmv.world import sample
+
+    return sample(task, "train", index, recipe.variety)

@@ -1,5 +1,5 @@
 """Run one recipe stage: resolve where it starts (a fresh nano model or the previous stage's checkpoint) and
-hand it to the supervised trainer or to GRPO."""
+hand it to the vision trainer, the supervised trainer or GRPO."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from glmv.errors import ConfigError
 from glmv.train.recipe import Recipe
 
 
-def world_corpus(tasks: list[str], per_task: int) -> list[str]:
-    """Prompts and targets of the world's training samples: the text the nano tokenizer is trained on."""
+def world_corpus(tasks: list[str], per_task: int, variety: float = 0.0) -> list[str]:
+    """Prompts and targets of the world's training samples: the text the nano tokenizer is trained on. With
+    `variety` the training wordings join (never the held-out one: the train split does not use it)."""
     from glmv.world import TASKS, sample
 
     texts = []
     for task in sorted(set(tasks) | set(TASKS)):
         for i in range(per_task):
-            s = sample(task, "train", i)
+            s = sample(task, "train", i, variety)
             texts += [s.prompt, s.target]
     return texts
 
@@ -31,8 +32,8 @@ def start_checkpoint(recipe: Recipe) -> Path:
 
     path = Path(recipe.out) / "init"
     if not (path / "config.json").is_file():
-        create_nano_checkpoint(path, world_corpus(list(recipe.tasks), recipe.tokenizer_samples), recipe.vocab_size,
-                               recipe.max_pixels, recipe.seed, **recipe.model)
+        corpus = world_corpus(list(recipe.tasks), recipe.tokenizer_samples, recipe.variety)
+        create_nano_checkpoint(path, corpus, recipe.vocab_size, recipe.max_pixels, recipe.seed, **recipe.model)
     return path
 
 
@@ -42,6 +43,10 @@ def run_stage(recipe: Recipe, resume: bool = False, stop_after: int | None = Non
         from glmv.train.rl import GRPOTrainer
 
         return GRPOTrainer(recipe, start, device=device).train(resume, stop_after)
+    if recipe.stage == "vision":
+        from glmv.train.vision import VisionTrainer
+
+        return VisionTrainer(recipe, start, device=device).train(resume, stop_after)
     from glmv.train.trainer import Trainer
 
     return Trainer(recipe, start, device=device).train(resume, stop_after)

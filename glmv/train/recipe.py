@@ -9,12 +9,12 @@ import yaml
 
 from glmv.errors import ConfigError
 
-STAGES = ("pretrain", "sft", "rl")
+STAGES = ("vision", "pretrain", "sft", "rl")
 
 
 @dataclass
 class Recipe:
-    stage: str  # pretrain | sft | rl (pretrain also covers the long-context/video stage: it is a data mix)
+    stage: str  # vision | pretrain | sft | rl (pretrain also covers the long-context/video stage: a data mix)
     out: str  # run directory: checkpoints, logs, final model
     init: str = "scratch"  # "scratch" (a new nano model + tokenizer) or the checkpoint of the previous stage
     tasks: dict[str, float] = field(default_factory=dict)  # task -> sampling weight
@@ -28,6 +28,12 @@ class Recipe:
     max_grad_norm: float = 1.0
     seed: int = 0
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes kept fixed (e.g. "visual.blocks")
+    # parameter-name prefix -> factor on `lr` (the longest matching prefix wins), e.g. {visual: 0.1,
+    # visual.merger: 1.0}: a pretrained encoder keeps learning, slowly, instead of being frozen
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    # probability that a training sample is drawn in a random look and wording (glmv.world.sample's variety);
+    # 0 gives the plain samples
+    variety: float = 0.0
     thinking: float = 0.0  # fraction of examples in the thinking format (SFT)
     save_every: int = 200
     log_every: int = 10
@@ -61,7 +67,14 @@ class Recipe:
         if not isinstance(data.get("freeze", []), list) or not all(isinstance(f, str) for f in data.get("freeze", [])):
             raise ConfigError(f"recipe {path}: 'freeze' must be a list of parameter-name prefixes, "
                               f"e.g. [visual.blocks], got {data['freeze']!r}")
+        scale = data.get("lr_scale", {})
+        if not isinstance(scale, dict) or not all(isinstance(k, str) and isinstance(v, (int, float)) and v > 0
+                                                  for k, v in scale.items()):
+            raise ConfigError(f"recipe {path}: 'lr_scale' must map parameter-name prefixes to positive factors, "
+                              f"e.g. {{visual: 0.1}}, got {scale!r}")
         recipe = cls(**data)
+        if not isinstance(recipe.variety, (int, float)) or not 0 <= recipe.variety <= 1:
+            raise ConfigError(f"recipe {path}: 'variety' is a probability in [0, 1], got {recipe.variety!r}")
         if recipe.stage not in STAGES:
             raise ConfigError(f"recipe {path}: stage must be one of {STAGES}, got {recipe.stage!r}")
         if not recipe.tasks:

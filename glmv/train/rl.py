@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from glmv.device import resolve_device
 from glmv.engine.llm import LLM
 from glmv.engine.sampling import SamplingParams
+from glmv.inputs.processor import Processor
 from glmv.train.checkpoint import (
     latest_checkpoint,
     open_log,
@@ -32,14 +33,11 @@ from glmv.train.checkpoint import (
     save_checkpoint,
     save_training,
 )
-from glmv.train.data import Example, Mixture, collate
+from glmv.train.data import Example, Mixture, collate, world_sample
+from glmv.train.optim import build_optimizer, trainable_parameters
 from glmv.train.recipe import Recipe
-from glmv.train.trainer import (
-    balance_routers,
-    lr_lambda,
-    to_device,
-    trainable_parameters,
-)
+from glmv.train.spread import SpreadProbe
+from glmv.train.trainer import balance_routers, to_device
 from glmv.weights import load_model
 
 FLOOR = 0.05  # curriculum weight every task keeps
@@ -93,11 +91,10 @@ class GRPOTrainer:
         self.mixture = Mixture(recipe.tasks, recipe.seed)
         self.progress = progress
 
-    @staticmethod
-    def _world_prompt(task: str, index: int) -> Prompt:
-        from glmv.world import TASKS, sample
+    def _world_prompt(self, task: str, index: int) -> Prompt:
+        from glmv.world import TASKS
 
-        s = sample(task, "train", index)
+        s = world_sample(self.recipe, task, index)
         return Prompt(task, s.messages(), lambda text: TASKS[task].reward(text, s), thinking=True)
 
     def _rollouts(self, llm: LLM, prompts: list[Prompt], step: int) -> list[tuple[Prompt, list]]:
@@ -119,9 +116,10 @@ class GRPOTrainer:
         reference = load_model(self.model_dir, dtype=torch.float32, device=self.device, progress=False).eval()
         reference.requires_grad_(False)
         llm = LLM.from_model(policy, self.model_dir)
-        trainable = [p for _, p in trainable_parameters(policy, r.freeze)]
-        opt = torch.optim.AdamW(trainable, lr=r.lr, betas=(0.9, 0.95), weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(r))
+        named = trainable_parameters(policy, r.freeze)
+        trainable = [p for _, p in named]
+        opt, sched = build_optimizer(named, r, weight_decay=0.0)
+        spread = SpreadProbe(Processor.from_pretrained(self.model_dir))
         curriculum = Curriculum(self.mixture.tasks)
         state = restore_training(start_dir, opt, sched)
         step = state.get("step", 0)
@@ -177,6 +175,7 @@ class GRPOTrainer:
             step += 1
             stats["seconds"] = time.perf_counter() - t0
             stats["pass_rate"] = {t: round(v, 3) for t, v in curriculum.rate.items()}
+            stats.update(spread(policy))
             history.append(stats)
             log.write(json.dumps(stats) + "\n")
             log.flush()

@@ -1,16 +1,18 @@
-"""Supervised training (pretrain, long-context/video and SFT stages): one loop, data from the world.
+"""Supervised training (pretrain, long-context/video and SFT stages; the vision stage subclasses it): one loop,
+data from the world.
 
-AdamW, linear warmup then cosine decay, gradient accumulation, gradient clipping, bf16 autocast on CUDA,
-tqdm with loss and tokens/s, a JSONL log, atomic checkpoints with full trainer state, and `resume` that
-continues exactly where an interrupted run stopped (the data of step k is a pure function of the seed and k).
+AdamW (glmv.train.optim: parameter groups, each with its own learning-rate factor), linear warmup then cosine
+decay, gradient accumulation, gradient clipping, bf16 autocast on CUDA, tqdm with loss and tokens/s, a JSONL log,
+atomic checkpoints with full trainer state, and `resume` that continues exactly where an interrupted run stopped
+(the data of step k is a pure function of the seed and k).
 MoE routers are balanced without an auxiliary loss, as in GLM-4.5 / DeepSeek-V3: after each step every
-router's selection bias moves toward under-used experts.
+router's selection bias moves toward under-used experts. Every log line carries the image-token cosine
+spread (glmv.train.spread), so a collapsing vision tower shows in the log.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +23,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from glmv.device import resolve_device
-from glmv.errors import ConfigError
 from glmv.inputs.processor import Processor
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model.moe import Router
@@ -32,20 +33,13 @@ from glmv.train.checkpoint import (
     save_checkpoint,
     save_training,
 )
-from glmv.train.data import IGNORE, Example, Mixture, collate, encode_example
+from glmv.train.data import IGNORE, Example, Mixture, collate, encode_example, world_sample
+from glmv.train.optim import build_optimizer, trainable_parameters
 from glmv.train.recipe import Recipe
+from glmv.train.spread import SpreadProbe
 from glmv.weights import load_model
 
 BIAS_RATE = 1e-3  # router bias update speed (DeepSeek-V3 uses 1e-3)
-
-
-def lr_lambda(recipe: Recipe) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if step < recipe.warmup:
-            return (step + 1) / recipe.warmup
-        progress = min(1.0, (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup))
-        return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
 
 
 def token_loss(model: GlmvForConditionalGeneration, batch: dict) -> tuple[torch.Tensor, int]:
@@ -69,23 +63,14 @@ def balance_routers(model: torch.nn.Module) -> None:
             m.last_load = None
 
 
-def trainable_parameters(model: torch.nn.Module, freeze: list[str]) -> list[tuple[str, torch.nn.Parameter]]:
-    """Fix every parameter whose name starts with one of the `freeze` prefixes; return the others by name."""
-    names = [n for n, _ in model.named_parameters()]
-    unknown = [f for f in freeze if not any(n.startswith(f) for n in names)]
-    if unknown:
-        raise ConfigError(f"recipe 'freeze' prefixes {unknown} match no parameter of the model; parameter names "
-                          f"look like {names[:3]}")
-    for n, p in model.named_parameters():
-        p.requires_grad_(not n.startswith(tuple(freeze)))
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class Trainer:
+    """The training loop of every stage but RL. Subclasses change what a step computes (`batch`, `trainable`,
+    `loss`) and what trainer state travels with a checkpoint besides the optimizer's (`state`, `restore`)."""
+
     def __init__(self, recipe: Recipe, model_dir: Path, make_example: Callable[[str, int, bool], Example] | None = None,
                  device: str | torch.device = "cpu", progress: bool = True):
         """model_dir: the checkpoint training starts from (HF layout with tokenizer and processor configs).
@@ -101,9 +86,7 @@ class Trainer:
         self.progress = progress
 
     def _world_example(self, task: str, index: int, thinking: bool) -> Example:
-        from glmv.world import sample
-
-        s = sample(task, "train", index)
+        s = world_sample(self.recipe, task, index)
         return encode_example(self.processor, s.messages(), s.target, thinking, s.truth.get("trace"), task)
 
     def batch(self, step: int, micro: int) -> dict:
@@ -114,6 +97,25 @@ class Trainer:
         examples = [self.make_example(task, index, bool(t)) for (task, index), t in zip(draws, thinking)]
         return collate(examples, self.processor.tokenizer.pad_token_id)
 
+    def trainable(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+        return trainable_parameters(model, self.recipe.freeze)
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one micro-batch and metrics to log beside it (averaged over micro-batches)."""
+        loss, _ = token_loss(model, batch)
+        return loss, {}
+
+    @staticmethod
+    def tokens(batch: dict) -> int:
+        return int(batch["attention_mask"].sum())  # all tokens processed, prompt and media included
+
+    def state(self) -> dict:
+        """Trainer state saved with every checkpoint besides optimizer, scheduler, RNG and step."""
+        return {}
+
+    def restore(self, state: dict) -> None:
+        """Take back what `state` saved (from a checkpoint's trainer state)."""
+
     def train(self, resume: bool = False, stop_after: int | None = None) -> list[float]:
         """Run the recipe's steps (from the latest checkpoint with `resume`); returns the loss of every step run
         in this call. `stop_after` ends the call early at that step, after checkpointing it (as a time-boxed
@@ -121,13 +123,12 @@ class Trainer:
         r = self.recipe
         start_dir = latest_checkpoint(self.out) if resume else None
         model = load_model(start_dir or self.model_dir, dtype=torch.float32, device=self.device, progress=False).train()
-        trainable = trainable_parameters(model, r.freeze)
-        decay = [p for n, p in trainable if p.ndim >= 2 and "embed" not in n]
-        no_decay = [p for n, p in trainable if p.ndim < 2 or "embed" in n]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=r.lr, betas=(0.9, 0.95))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(r))
-        step = restore_training(start_dir, opt, sched).get("step", 0)
+        trainable = self.trainable(model)
+        opt, sched = build_optimizer(trainable, r, r.weight_decay)
+        state = restore_training(start_dir, opt, sched)
+        self.restore(state)
+        step = state.get("step", 0)
+        spread = SpreadProbe(self.processor)
         losses = []
         log = open_log(self.out, step if resume else None)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
@@ -136,14 +137,16 @@ class Trainer:
         end = min(r.steps, stop_after or r.steps)
         while step < end:
             opt.zero_grad(set_to_none=True)
-            total = 0.0
+            total, metrics = 0.0, {}
             for micro in range(r.grad_accum):
                 batch = to_device(self.batch(step, micro), self.device)
                 with autocast:
-                    loss, _ = token_loss(model, batch)
+                    loss, parts = self.loss(model, batch)
                 (loss / r.grad_accum).backward()
                 total += loss.item() / r.grad_accum
-                tokens += int(batch["attention_mask"].sum())  # all tokens processed, prompt and media included
+                for k, v in parts.items():
+                    metrics[k] = metrics.get(k, 0.0) + v / r.grad_accum
+                tokens += self.tokens(batch)
             grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in trainable], r.max_grad_norm))
             opt.step()
             sched.step()
@@ -156,11 +159,12 @@ class Trainer:
                 rate = tokens / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:.0f}")
                 log.write(json.dumps({"step": step, "loss": total, "lr": sched.get_last_lr()[0],
-                                      "grad_norm": grad_norm, "tokens_per_s": rate}) + "\n")
+                                      "grad_norm": grad_norm, "tokens_per_s": rate, **metrics, **spread(model)})
+                          + "\n")
                 log.flush()
                 tokens, t0 = 0, time.perf_counter()
             if step % r.save_every == 0 or step == end:
-                save_training(model, self.model_dir, self.out, step, opt, sched, r.keep_checkpoints)
+                save_training(model, self.model_dir, self.out, step, opt, sched, r.keep_checkpoints, **self.state())
         bar.close()
         log.close()
         if step == r.steps:

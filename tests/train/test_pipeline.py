@@ -1,5 +1,6 @@
 """The bundled nano recipes, in order, on world data with a shrunken decoder: a scratch tokenizer and model,
-then warm-up -> pretrain -> video -> SFT -> RL, each stage's checkpoint loading in glmv and in transformers."""
+then vision -> warm-up -> pretrain -> video -> SFT -> RL, each stage's checkpoint loading in glmv and in
+transformers."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ def recipe(name: str, out, **overrides) -> Recipe:
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory):
-    r = recipe("nano_warmup", tmp_path_factory.mktemp("warmup"), steps=10, lr=3e-3, tokenizer_samples=3,
-               vocab_size=600, model=SMALL)
+    r = recipe("nano_vision", tmp_path_factory.mktemp("vision"), steps=3, tokenizer_samples=3, vocab_size=600,
+               model=SMALL)
     return r, start_checkpoint(r)
 
 
@@ -49,11 +50,14 @@ def test_a_fresh_nano_model_sees_its_images(scratch):
 
 
 def test_the_recipes_run_in_order(scratch, tmp_path):
-    warmup, _ = scratch
+    vision, _ = scratch
+    assert [stage for stage, _ in STAGES[:2]] == ["vision", "warmup"]
+    run_stage(vision)
+    warmup = recipe("nano_warmup", tmp_path / "warmup", steps=10, lr=3e-3, init=f"{vision.out}/final")
     losses = run_stage(warmup)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     previous = warmup.out
-    for stage, name in STAGES[1:]:
+    for stage, name in STAGES[2:]:
         extra = dict(group_size=2, max_new_tokens=6) if stage == "rl" else {}
         run_stage(recipe(name, tmp_path / stage, steps=2, init=f"{previous}/final", **extra))
         previous = tmp_path / stage
