@@ -132,7 +132,7 @@ class Engine:
 
     def step(self) -> list[tuple[Sequence, int]]:
         """One step: drop finished sequences, schedule, compute, sample. Returns (sequence, new token) for every
-        sequence that produced one; sequences the engine failed alone come back with seq.error set."""
+        sequence that produced one; sequences the engine failed alone are in take_failed()."""
         self.scheduler.remove_finished()
         step = self.scheduler.schedule()
         if not step:
@@ -147,7 +147,7 @@ class Engine:
         return produced
 
     def take_failed(self) -> list[Sequence]:
-        """The sequences failed alone since the last call (each has .error; they leave at the next step)."""
+        """The sequences failed alone since the last call (each has .error and has left the engine)."""
         failed, self.failed = self.failed, []
         return failed
 
@@ -188,7 +188,8 @@ class Engine:
                 raise
             for i in bad:
                 self._fail(seqs[i], e)
-            return self._sample([r for i, r in enumerate(ready) if i not in bad])
+            rest = [r for i, r in enumerate(ready) if i not in bad]
+            return self._sample(rest) if rest else []
         out = []
         for j, seq in enumerate(seqs):
             token = int(tokens[j])

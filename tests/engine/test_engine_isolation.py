@@ -172,3 +172,15 @@ def test_placeholders_that_do_not_match_the_media_are_refused_before_joining(llm
 
     depth, _ = run(llm, 4, body)
     assert depth == 0
+
+
+def test_when_every_row_breaks_sampling_each_fails_alone(llm):
+    bad = SamplingParams(temperature=0.7, max_tokens=4, top_k=5)
+    bad.top_k = 2**64
+    for request in llm.prepare_chat([conv(0), conv(1)], bad):
+        llm.engine.add(request.seqs[0])
+    while llm.engine.has_work():
+        llm.engine.step()
+    failed = llm.engine.take_failed()
+    assert len(failed) == 2 and all(s.error is not None and s.finish_reason == "abort" for s in failed)
+    assert llm.engine.blocks.num_free == llm.engine.kv.num_blocks
