@@ -26,8 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the number of steps")
     p.add_argument("--device", default="auto", help=DEVICE_HELP + "; bf16 autocast on cuda")
     p.add_argument("--probe", nargs="+", metavar="MODEL", default=None,
-                   help="checkpoint directories whose vision towers to probe (colour, shape, count, position, "
-                        "first OCR letter) instead of training")
+                   help="checkpoint directories whose vision towers to probe (colour, shape, count, position, OCR "
+                        "letters) instead of training")
     p.add_argument("--probe-n", type=int, default=500, help="images per probe label")
     p.set_defaults(func=run)
 

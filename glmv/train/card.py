@@ -25,6 +25,8 @@ def stage_row(name: str, recipe: Recipe, run_dir: Path, seconds: float | None) -
     metric = f"loss {last['loss']:.3f}" if "loss" in last and recipe.stage != "rl" else \
         f"reward {sum(h['reward'] for h in log[-5:]) / max(len(log[-5:]), 1):.3f} (last 5 steps)" if log else "-"
     mix = ", ".join(f"{t} {w:g}" for t, w in sorted(recipe.tasks.items(), key=lambda kv: -kv[1]))
+    if recipe.variety:
+        mix += f"; variety {recipe.variety:g}"
     time = f"{seconds / 60:.0f} min" if seconds else "-"
     steps = last.get("step", 0)
     return f"| {name} | {recipe.stage} | {steps} x {recipe.batch_size} | {time} | {metric} | {mix} |"

@@ -38,8 +38,8 @@ class VisionHeads(nn.Module):
         self.letters = nn.Linear(dim, len(LETTERS))
 
     def forward(self, tokens: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """tokens [T, D]: the vision tower's output for a batch of images. Returns the loss and its parts, and
-        the share of images whose predicted centres add up to their object count."""
+        """tokens [T, D]: the vision tower's output for a batch of images; targets: collate_targets() of them.
+        Returns the loss, and its parts with the share of images whose predicted centres add up to their count."""
         tokens = tokens.float()
         per_image = targets["tokens"].tolist()
         parts = {name: share_divergence(getattr(self, name)(tokens), targets[name])
@@ -55,8 +55,8 @@ class VisionHeads(nn.Module):
         # measured), which is what a collapsed tower looks like to the decoder. Penalised over the whole batch,
         # each image got a vector of its own instead (across images 0.36, within one 0.92 after 50 steps), so
         # the penalty is per image (the squared norm of an image's mean unit token is the mean cosine of its
-        # token pairs), and only above SPREAD_LIMIT: pushed all the way down, the cosine fell to 0.01 and the
-        # background tokens filled every direction with noise that swamped the objects in a pooled read-out.
+        # token pairs), and only above SPREAD_LIMIT: pushed all the way down, the cosine fell to 0.01, the
+        # background tokens spread into every direction, and shape stayed at chance (docs/training.md).
         unit = F.normalize(tokens, dim=-1)
         cosine = torch.stack([u.mean(0).pow(2).sum() for u in unit.split(per_image)])
         parts["spread"] = F.relu(cosine - SPREAD_LIMIT).mean()

@@ -4,6 +4,8 @@ and no trace of the heads; the dense targets say what the world drew."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -62,8 +64,6 @@ def test_the_checkpoint_keeps_the_decoder_and_drops_the_heads(base, tmp_path):
 
 def test_the_log_shows_every_head_and_the_token_spread(base, tmp_path):
     make(base, tmp_path, steps=1).train()
-    import json
-
     entry = json.loads((tmp_path / "log.jsonl").read_text())
     for key in ("loss_colour", "loss_shape", "loss_texture", "loss_centres", "loss_letters", "loss_spread",
                 "count_acc", "img_cos", "img_cos_within"):
