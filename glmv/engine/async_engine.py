@@ -142,10 +142,8 @@ class AsyncEngine:
         return handle
 
     def _checked(self, request: Request) -> Request:
-        first, *others = request.seqs
-        self.llm.engine.check(first)  # errors reach this caller alone, before anything is queued
-        for seq in others:  # the samples share the prompt
-            seq.layout, seq.budget = first.layout, first.budget
+        for seq in request.seqs:  # errors reach this caller alone, before anything is queued
+            self.llm.engine.check(seq)
         return request
 
     def output(self, handle: Handle) -> RequestOutput:

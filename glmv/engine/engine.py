@@ -99,8 +99,9 @@ class Engine:
         as the model types them) match its media and grids. Prepares the sequence's layout on the way (types,
         3D positions, media rows), so a batch never meets a sequence that cannot run."""
         seq.budget = self.check_length(seq)
-        if seq.layout is None:
-            seq.layout = self._layout(seq)
+        if seq.layout is None:  # samples 2..n share their leader's prompt, so its layout too
+            leader = seq.leader
+            seq.layout = leader.layout if leader is not None and leader.layout is not None else self._layout(seq)
         return seq.budget
 
     def _layout(self, seq: Sequence) -> Layout:

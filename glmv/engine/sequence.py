@@ -63,12 +63,8 @@ class Sequence:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
-    @property
-    def token_ids(self) -> list[int]:
-        return self.prompt_ids + self.output_ids
-
     def tokens(self, start: int, end: int) -> list[int]:
-        """token_ids[start:end] without building the whole list (a decode step asks for the last one)."""
+        """Tokens [start, end) of prompt + output, without building the whole list (a decode step asks for one)."""
         n = len(self.prompt_ids)
         return self.prompt_ids[min(start, n) : min(end, n)] + self.output_ids[max(start - n, 0) : max(end - n, 0)]
 
@@ -110,7 +106,7 @@ class Sequence:
         """What decides the keys/values of tokens [start, end) besides the tokens before them: their ids and
         the features of the media placeholders among them (same text, other image: other content)."""
         h = hashlib.blake2b(digest_size=16)
-        h.update(torch.tensor(self.token_ids[start:end], dtype=torch.int64).numpy().tobytes())
+        h.update(torch.tensor(self.tokens(start, end), dtype=torch.int64).numpy().tobytes())
         for kind in (IMAGE, VIDEO):
             rows = self.media_rows(kind, start, end)
             if rows is not None:

@@ -15,6 +15,7 @@ from glmv.engine.outputs import (
     parse_boxes,
     parse_reasoning,
 )
+from glmv.testing.scripted import random_cut_texts
 
 B, E = "<|begin_of_box|>", "<|end_of_box|>"
 
@@ -112,10 +113,7 @@ PIECES = ["<think>", "</think>", "<thi", "nk>", "</", "think", ">", " ", "\n", "
 
 @pytest.mark.parametrize("in_think", [False, True])
 def test_stream_parser_concatenation_equals_the_parse_on_random_text(in_think):
-    rng = random.Random(0)
-    for _ in range(400):
-        text = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 12)))
-        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
+    for text, cuts in random_cut_texts(PIECES, 400, 12):
         reasoning, content = parse_reasoning(text, in_think)
         assert _stream(text, cuts, in_think) == (reasoning or "", content), (text, cuts)
 

@@ -4,7 +4,6 @@ blocks kept as text, and the stream parser equal to the whole parse however the 
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 from PIL import Image
@@ -12,7 +11,7 @@ from PIL import Image
 from glmv import LLM, SamplingParams
 from glmv.engine.outputs import ToolCall, opens_think
 from glmv.engine.tool_calls import AnswerStreamParser, ToolCallStreamParser, parse_answer, parse_tool_calls
-from glmv.testing.scripted import ScriptedDetokenizer, pieces
+from glmv.testing.scripted import ScriptedDetokenizer, pieces, random_cut_texts
 from glmv.testing.tiny_checkpoint import make_tiny_model_dir
 
 
@@ -202,10 +201,7 @@ PIECES = ["<tool_call>", "</tool_call>", "<tool", "_call>", "</tool", "<arg_key>
 
 @pytest.mark.parametrize("in_think", [False, True])
 def test_stream_equals_whole_parse_on_random_text(in_think):
-    rng = random.Random(0)
-    for _ in range(600):
-        text = "".join(rng.choice(PIECES) for _ in range(rng.randint(0, 16)))
-        cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
+    for text, cuts in random_cut_texts(PIECES, 600, 16):
         assert _stream(text, cuts, in_think) == _whole(text, in_think), (text, cuts)
 
 
