@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p.add_argument("--api-key", default=None, help="bearer token for --endpoint")
     p.add_argument("--served-model", default="default", help="the `model` field sent to --endpoint")
     p.add_argument("--tasks", default=None,
-                   help="comma-separated task names or all (the default, unless --mc files are given)")
+                   help="comma-separated task names or all (the default, unless --mc or --retrieval is given)")
     p.add_argument("--mc", action="append", default=[], help="a multiple-choice JSONL/parquet file (repeatable)")
     p.add_argument("--split", default="test",
                    help="test (default), validation, train, or heldout (a look and wordings training never uses)")
@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     think = p.add_mutually_exclusive_group()
     think.add_argument("--think", dest="think", action="store_true", default=None, help="let the model reason first")
     think.add_argument("--no-think", dest="think", action="store_false", help="answer directly (/nothink)")
+    p.add_argument("--retrieval", type=int, default=0, metavar="SETS",
+                   help="also measure image -> caption recall@1 on SETS retrieval sets of 8 through the model's "
+                        "embeddings and likelihood scores (glmv's engine only)")
     p.add_argument("--out", "-o", default=None, help="write the results (every output and score) as JSON here")
     p.add_argument("--chart", default=None, help="write a bar chart of the scores (PNG) here")
     p.set_defaults(func=run_eval)
@@ -54,7 +57,7 @@ def run_eval(args: argparse.Namespace) -> int:
         table,
     )
 
-    names = args.tasks or ("" if args.mc else "all")  # --mc alone evaluates just those files
+    names = args.tasks or ("" if args.mc or args.retrieval else "all")  # --mc / --retrieval alone: just those
     tasks = sorted(TASKS) if names == "all" else [t for t in names.split(",") if t]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:  # before loading a model: a typo should not cost a minute
@@ -62,8 +65,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.split not in SPLITS:
         raise InputError(f"unknown split {args.split!r}; use one of {', '.join(SPLITS)}")
     benches = tasks + [load_multiple_choice(p, limit=args.limit) for p in args.mc]
-    if not benches:
-        raise InputError("nothing to evaluate: give --tasks and/or --mc")
+    if not benches and not args.retrieval:
+        raise InputError("nothing to evaluate: give --tasks, --mc and/or --retrieval")
+    if args.retrieval and args.endpoint:
+        raise InputError("--retrieval runs on glmv's engine: give --model (or nothing, for the bundled model)")
+    if args.retrieval:
+        return _eval_retrieval(args, benches)
     if args.endpoint:
         answer = openai_backend(args.endpoint, args.served_model, args.api_key, args.max_tokens, args.think,
                                 concurrency=args.batch_size)
@@ -71,9 +78,35 @@ def run_eval(args: argparse.Namespace) -> int:
         answer = glmv_backend(args.model, args.max_tokens, args.think, args.batch_size, args.device, args.dtype)
     results = evaluate(answer, benches, args.split, args.limit)
     print(table(results))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+    _write(args, results)
     if args.chart:
         bar_chart(results, args.chart)
     return 0
+
+
+def _eval_retrieval(args: argparse.Namespace, benches: list) -> int:
+    """The world's tasks (if any) and retrieval recall@1 with one loaded model."""
+    from glmv.engine.llm import LLM
+    from glmv.world.evaluate import evaluate, llm_backend, table
+    from glmv.world.retrieval import evaluate_retrieval
+
+    llm = LLM(args.model, dtype=args.dtype, device=args.device)
+    results = {}
+    if benches:
+        results = evaluate(llm_backend(llm, args.max_tokens, args.think, args.batch_size), benches, args.split,
+                           args.limit)
+        print(table(results))
+    results["retrieval"] = evaluate_retrieval(llm, args.split, args.retrieval)
+    r = results["retrieval"]
+    print(f"retrieval ({r['sets']} sets of {r['candidates']}, chance {r['chance']:.3f}): recall@1 by embedding "
+          f"{r['embed_recall_at_1']:.3f}, by likelihood {r['score_recall_at_1']:.3f}")
+    _write(args, results)
+    return 0
+
+
+def _write(args: argparse.Namespace, results: dict) -> None:
+    if args.out:
+        import json
+
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)

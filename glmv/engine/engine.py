@@ -53,6 +53,7 @@ class EngineConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
+    attention_backend: str = "sdpa"  # "sdpa" (gather + SDPA) or "flex" (FlexAttention over the pool in place)
 
 
 class Engine:
@@ -68,14 +69,14 @@ class Engine:
         default = CPU_KV_CONTEXTS * -(-context // config.block_size) * per_block
         num_blocks = max(1, _kv_budget(config.kv_cache_memory, model.device, default) // per_block)
         self.kv = PagedKVCache(t.num_hidden_layers, num_blocks, config.block_size, t.num_key_value_heads, t.head_dim,
-                               model.dtype, model.device)
+                               model.dtype, model.device, zeroed=config.attention_backend == "flex")
         # One sequence of the full context must fit the pool alone, or it could wait forever.
         self.max_model_len = min(max_model_len or t.max_position_embeddings, num_blocks * config.block_size)
         log.info("KV cache: %d blocks of %d tokens (%.1f MiB), context %d", num_blocks, config.block_size,
                  num_blocks * per_block / 2**20, self.max_model_len)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, self.kv)
+        self.runner = ModelRunner(model, self.kv, config.attention_backend)
         self.vision = VisionCache(model)
         self.stats = EngineStats()
         self.sampler = Sampler(grammar_vocab)  # the vocabulary lets it apply structured-output masks

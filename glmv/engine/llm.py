@@ -21,20 +21,30 @@ import torch
 from glmv.device import resolve_device
 from glmv.engine.detokenizer import IncrementalDetokenizer
 from glmv.engine.engine import Engine, EngineConfig, parse_memory
+from glmv.engine import grounding
+from glmv.engine.grounding import Count, Grounding, find_boxes
 from glmv.engine.guided import GrammarVocab
 from glmv.engine.sequence import Sequence
 from glmv.engine.outputs import (
     CompletionOutput,
     RequestOutput,
-    boxes_to_pixels,
     extract_answer,
     opens_think,
-    parse_boxes,
+)
+from glmv.engine.pooling import (
+    EmbeddingRequestOutput,
+    Pooler,
+    Pooling,
+    ScoringOutput,
+    ScoringRequestOutput,
+    as_prompt_list,
+    embed_outputs,
 )
 from glmv.engine.sampling import SamplingParams
 from glmv.engine.session import ChatSession
 from glmv.engine.stop import StopMatcher
 from glmv.engine.tool_calls import parse_answer
+from glmv.engine.tool_choice import plan_tools, with_tool_grammar
 from glmv.errors import ConfigError, InputError
 from glmv.inputs.chat import normalize_messages
 from glmv.inputs.image import ImageFeatures
@@ -95,11 +105,14 @@ class LLM:
     def __init__(self, model: str | Path | None = None, dtype: torch.dtype | str | None = None,
                  device: str | torch.device = "cpu", limits: MediaLimits | None = None,
                  max_model_len: int | None = None, progress: bool = True, kv_cache_memory: int | str | None = None,
-                 block_size: int = 16, max_num_batched_tokens: int = 2048):
+                 block_size: int = 16, max_num_batched_tokens: int = 2048, attention_backend: str = "sdpa"):
         """`kv_cache_memory`: bytes (or "2GiB", "512MB") of paged KV cache, allocated once (default: on CPU room for
-        16 full-context sequences, at most 1 GiB; on GPU half the free memory); `block_size`: tokens per KV block; `max_num_batched_tokens`: tokens one
-        step computes at most (longer prompts are prefilled in chunks between decode steps)."""
-        engine = EngineConfig(block_size, parse_memory(kv_cache_memory), max_num_batched_tokens=max_num_batched_tokens)
+        16 full-context sequences, at most 1 GiB; on GPU half the free memory); `block_size`: tokens per KV block;
+        `max_num_batched_tokens`: tokens one step computes at most (longer prompts are prefilled in chunks between
+        decode steps); `attention_backend`: "sdpa" (gather + SDPA) or "flex" (FlexAttention over the pool in place;
+        glmv/engine/paged_kv.py)."""
+        engine = EngineConfig(block_size, parse_memory(kv_cache_memory), max_num_batched_tokens=max_num_batched_tokens,
+                              attention_backend=attention_backend)
         device = resolve_device(device)  # "auto", or one this machine has: a clear error before any loading
         path = resolve_model_path(model)
         if dtype is None and device.type == "cpu":
@@ -121,6 +134,7 @@ class LLM:
         eos = self.tokenizer.eos_token_ids or model.config.text.eos_token_id
         self.engine = Engine(model, eos, max_model_len, engine, grammar_vocab=GrammarVocab.from_pretrained(path, eos))
         self._generation_config = self._read_generation_config()
+        self.pooler = Pooler(self)
         self._next_id = 0
 
     def _read_generation_config(self) -> dict:
@@ -203,9 +217,10 @@ class LLM:
         for k, seq in enumerate(req.seqs):
             text = req.texts[k]
             reasoning, content, tool_calls = parse_answer(text, in_think, req.tools)
-            boxes = parse_boxes(content)
-            # An answer's boxes refer to the image just before it: the prompt's last one (or its only one).
-            size = req.images[-1].original_size if req.images else None
+            # In pixels of the image each refers to (the last one unless the answer names another); as written
+            # (thousandths) when the prompt has no image or its size is unknown.
+            sizes = [f.original_size for f in req.images]
+            boxes = [list(b.pixels or b.box_1000) for b in find_boxes(content, sizes if all(sizes) else ())]
             stop_reason = req.stops[k].matched
             if stop_reason is None and seq.finish_reason == "stop" and seq.output_ids:
                 stop_reason = seq.output_ids[-1]  # the stop / eos token
@@ -213,7 +228,7 @@ class LLM:
                 index=k, text=text, token_ids=list(seq.output_ids), finish_reason=seq.finish_reason,
                 stop_reason=stop_reason, logprobs=seq.logprobs if seq.params.logprobs is not None else None,
                 reasoning=reasoning, content=content, tool_calls=tool_calls, answer=extract_answer(content),
-                boxes=boxes_to_pixels(boxes, *size) if size and boxes else boxes,
+                boxes=boxes,
             ))
         n_out = sum(len(s.output_ids) for s in req.seqs)
         return RequestOutput(req.request_id, req.prompt, req.prompt_ids, outputs, finished=True,
@@ -228,15 +243,18 @@ class LLM:
     # --- public API ---------------------------------------------------------------------------------------------
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
              enable_thinking: bool | None = None, tools: list[dict] | None = None,
-             chat_template_kwargs: dict | None = None) -> list[RequestOutput]:
+             chat_template_kwargs: dict | None = None, tool_choice: str | dict | None = None) -> list[RequestOutput]:
         """One conversation (a list of messages) or a list of conversations -> one RequestOutput each.
 
         tools: OpenAI-shaped function definitions ({"type": "function", "function": {"name", "description",
         "parameters"}}), rendered into the prompt; the calls the model makes come back parsed in each output's
-        `tool_calls` (arguments typed by each tool's JSON schema), and its `content` is the text outside them."""
+        `tool_calls` (arguments typed by each tool's JSON schema), and its `content` is the text outside them.
+        tool_choice: "auto" (default), "none", "required" or {"type": "function", "function": {"name": ...}};
+        the last two are enforced by constrained decoding (glmv/engine/tool_choice.py)."""
         batched = bool(messages) and isinstance(messages[0], (list, tuple))
         conversations = list(messages) if batched else [messages]
-        params = sampling_params or self.default_sampling_params()
+        tools, tool_grammar = plan_tools(tools, tool_choice, self.tokenizer.added_tokens)
+        params = with_tool_grammar(sampling_params or self.default_sampling_params(), tool_grammar)
         reqs = self.prepare_chat(conversations, params, enable_thinking, tools, **(chat_template_kwargs or {}))
         return self.run_requests(reqs)
 
@@ -273,9 +291,36 @@ class LLM:
             return self._request(self.tokenizer.decode(prompt), prompt, params)
         raise InputError(f"unsupported prompt of type {type(prompt).__name__}: give a string or a list of token ids")
 
+    def embed(self, prompts: str | list[int] | list[dict] | list, pooling: Pooling = "last", normalize: bool = True,
+              add_generation_prompt: bool = False) -> list[EmbeddingRequestOutput]:
+        """One embedding per input (`out[i].outputs.embedding`): a text (as written), token ids, or a
+        conversation with images/videos (chat template applied); a list of them is embedded as a batch.
+        Last-token pooling of the final hidden state, L2-normalised (glmv/engine/pooling.py says why)."""
+        rows = [self.pooler.row(p, add_generation_prompt) for p in as_prompt_list(prompts)]
+        self._next_id += len(rows)
+        return embed_outputs(rows, self.pooler.embed(rows, pooling, normalize), self._next_id - len(rows))
+
+    def score(self, query: str | list[dict], candidates: str | list[str]) -> list[ScoringRequestOutput]:
+        """How well each candidate answers `query` (a text, or messages with images): the mean log-probability
+        per token of the candidate as the model's reply (`out[i].outputs.score`, higher is better)."""
+        candidates = [candidates] if isinstance(candidates, str) else candidates
+        rows, prefix_len = self.pooler.score_rows(query, candidates)
+        scores = self.pooler.score(rows, prefix_len)
+        self._next_id += len(rows)
+        return [ScoringRequestOutput(str(self._next_id - len(rows) + i), r.ids, ScoringOutput(s))
+                for i, (r, s) in enumerate(zip(rows, scores))]
+
     def start_chat(self) -> ChatSession:
         """A conversation that keeps its KV cache and image embeddings between turns."""
         return ChatSession(self)
+
+    def ground(self, image: Any, phrase: str, **kw: Any) -> Grounding:
+        """Where `phrase` is in the image(s): a Grounding with boxes in pixels (glmv.engine.grounding.ground)."""
+        return grounding.ground(self, image, phrase, **kw)
+
+    def count(self, image: Any, phrase: str, **kw: Any) -> Count:
+        """How many `phrase` the image(s) show: a Count with the boxes (glmv.engine.grounding.count)."""
+        return grounding.count(self, image, phrase, **kw)
 
 
 def _texts(messages: list[dict]) -> list[str]:

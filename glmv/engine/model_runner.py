@@ -1,24 +1,29 @@
 """The model runner: turns one scheduled forward (sequences, and how many of their tokens to compute) into the
 model's tensors, runs the model over the paged cache, and returns each row's next-token logits.
 
-Rows are left-padded to the longest chunk; a row's keys are its cached tokens (left-padded to the longest
-context) followed by its chunk. Everything is prepared here as tensors (ids, types, 3D positions, media rows,
-slots, padding mask), so the model itself sees plain shapes.
+Rows are left-padded to the longest chunk. Everything is prepared here as tensors on the host (ids, types, 3D
+positions, media rows, slots, the attention mask or block tables), so the model itself sees plain shapes and reads
+no device values. With the "sdpa" backend a row's keys are its cached tokens (left-padded to the longest context)
+followed by its chunk; with "flex" the pool is read in place (glmv/engine/paged_kv.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from glmv.engine.paged_kv import PagedKVCache
+from glmv.engine.paged_kv import BACKENDS, FlexPagedStep, PagedKVCache, PagedStep
 from glmv.engine.sequence import Sequence
+from glmv.errors import ConfigError
+from glmv.model.cache import attention_mask_for
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model.positions import IMAGE, VIDEO
 
 
 class ModelRunner:
-    def __init__(self, model: GlmvForConditionalGeneration, cache: PagedKVCache):
-        self.model, self.cache = model, cache
+    def __init__(self, model: GlmvForConditionalGeneration, cache: PagedKVCache, attention_backend: str = "sdpa"):
+        if attention_backend not in BACKENDS:
+            raise ConfigError(f"attention backend {attention_backend!r}: use one of {', '.join(BACKENDS)}")
+        self.model, self.cache, self.backend = model, cache, attention_backend
 
     @torch.inference_mode()
     def forward(self, work: list[tuple[Sequence, int]]) -> torch.Tensor:
@@ -27,33 +32,51 @@ class ModelRunner:
         device = self.model.device
         b = len(work)
         q = max(n for _, n in work)
-        past = max(seq.num_computed for seq, _ in work)
         ids = torch.zeros(b, q, dtype=torch.long)
         types = torch.zeros(b, q, dtype=torch.long)
         positions = torch.zeros(3, b, q, dtype=torch.long)
-        mask = torch.zeros(b, past + q, dtype=torch.long)
         write = torch.full((b, q), self.cache.pad_slot, dtype=torch.long)
-        read = torch.full((b, past + q), self.cache.pad_slot, dtype=torch.long)
         media: dict[int, list[torch.Tensor]] = {IMAGE: [], VIDEO: []}
         for i, (seq, n) in enumerate(work):
             start, end = seq.num_computed, seq.num_computed + n
             ids[i, q - n :] = torch.tensor(seq.tokens(start, end))
             types[i, q - n :] = seq.types(start, end)
             positions[:, i, q - n :] = seq.positions(start, end)
-            slots = self.cache.slots(seq.block_table, end)  # [end]: every computed token's slot, and the new ones
-            write[i, q - n :] = slots[start:]
-            read[i, past - start : past] = slots[:start]
-            read[i, past + q - n :] = slots[start:]
-            mask[i, past - start : past] = 1
-            mask[i, past + q - n :] = 1
+            write[i, q - n :] = self.cache.slots(seq.block_table, end)[start:]
             for kind in (IMAGE, VIDEO):
                 rows = seq.media_rows(kind, start, end)
                 if rows is not None:
                     media[kind].append(rows)
-        step = self.cache.step(write.to(device), read.to(device))
+        step = (self._sdpa_step if self.backend == "sdpa" else self._flex_step)(work, write, q, device)
         out = self.model(
-            ids.to(device), attention_mask=mask.to(device), mm_token_type_ids=types.to(device),
-            position_ids=positions.to(device), cache=step, image_embeds=media[IMAGE], video_embeds=media[VIDEO],
-            logits_to_keep=1,
+            ids.to(device), mm_token_type_ids=types.to(device), position_ids=positions.to(device), cache=step,
+            image_embeds=media[IMAGE], video_embeds=media[VIDEO], logits_to_keep=1,
         )
         return out.logits[:, -1].float()
+
+    def _sdpa_step(self, work: list[tuple[Sequence, int]], write: torch.Tensor, q: int, device) -> PagedStep:
+        """Per row the slots of its cached keys (left-padded to the longest context), then its chunk's; the mask
+        over them built here, on the host."""
+        past = max(seq.num_computed for seq, _ in work)
+        read = torch.full((len(work), past + q), self.cache.pad_slot, dtype=torch.long)
+        real = torch.zeros(len(work), past + q, dtype=torch.long)
+        for i, (seq, n) in enumerate(work):
+            start = seq.num_computed
+            read[i, past - start : past] = self.cache.slots(seq.block_table, start)
+            read[i, past:] = write[i]
+            real[i, past - start : past] = 1
+            real[i, past + q - n :] = 1
+        mask = attention_mask_for(real, q, past, "cpu")
+        return PagedStep(self.cache, write.to(device), read.to(device), None if mask is None else mask.to(device))
+
+    def _flex_step(self, work: list[tuple[Sequence, int]], write: torch.Tensor, q: int, device) -> FlexPagedStep:
+        """Per row each query's logical position, and where each of its blocks lies in the pool."""
+        positions = torch.full((len(work), q), -1, dtype=torch.long)
+        logical = torch.full((len(work), self.cache.num_blocks + 1), -1, dtype=torch.long)
+        bs = self.cache.block_size
+        for i, (seq, n) in enumerate(work):
+            end = seq.num_computed + n
+            positions[i, q - n :] = torch.arange(seq.num_computed, end)
+            held = seq.block_table[: -(-end // bs)]
+            logical[i, held] = torch.arange(len(held))
+        return FlexPagedStep(self.cache, write.to(device), positions.to(device), logical.to(device))

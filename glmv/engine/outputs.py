@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 BOX_OPEN, BOX_CLOSE = "<|begin_of_box|>", "<|end_of_box|>"
 _NUM = r"\s*(-?(?:\d+(?:\.\d*)?|\.\d+))\s*"
-_BOX = re.compile(r"[\[\(<]" + ",".join([_NUM] * 4) + r"[\]\)>]")
+BOX_PATTERN = re.compile(r"[\[\(<]" + ",".join([_NUM] * 4) + r"[\]\)>]")
 
 
 def _call_id() -> str:
@@ -125,14 +125,14 @@ def extract_answer(content: str) -> str | None:
     return (rest if end < 0 else rest[:end]).strip()
 
 
-def _number(s: str) -> float | int:
+def parse_number(s: str) -> float | int:
     v = float(s)
     return int(v) if v.is_integer() else v
 
 
 def parse_boxes(text: str) -> list[list[float]]:
     """Every [x1,y1,x2,y2] in the text, whatever the brackets: [..], [[..]], [[..],[..]], (..), <..>."""
-    return [[_number(g) for g in m.groups()] for m in _BOX.finditer(text)]
+    return [[parse_number(g) for g in m.groups()] for m in BOX_PATTERN.finditer(text)]
 
 
 def boxes_to_pixels(boxes: list[list[float]], width: int, height: int) -> list[list[int]]:

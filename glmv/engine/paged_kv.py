@@ -1,16 +1,27 @@
 """The paged KV cache: per layer one pool of fixed-size blocks, read and written through block tables.
 
-The decoder only calls `cache.update(layer, k, v) -> (k_all, v_all)` and reads `cache.length` (see
-glmv/model/cache.py), so the model never knows about pages or batching. For each forward the runner builds a
-`PagedStep`: where each new token's key/value goes (`write` slots) and, per row, the slots of every key it attends
-to (`read` slots, left-padded, ending with its new tokens). Attention gathers those keys into a padded
-[B, heads, T, D] tensor and runs SDPA with the padding masked (the portable path; fused paged kernels can
-replace `update` behind the same interface).
+The decoder sees a cache through `attention_mask` / `attend` / `advance` (glmv/model/cache.py), so it never knows
+about pages or batching. For each forward the runner builds one step object with everything prepared as tensors
+(no host synchronisation inside the model), by one of two attention backends:
+
+- "sdpa" (`PagedStep`): per row, the slots of every key it attends to (`read`, left-padded), gathered into a
+  padded [B, heads, T, D] tensor and run through SDPA with a boolean mask built on the host. Portable; the
+  default.
+- "flex" (`FlexPagedStep`): no gather. The whole pool is one key sequence and FlexAttention's mask maps each
+  physical slot back to its row's logical position through a physical -> logical block table, so each query
+  attends to its own blocks only (shared prefix blocks included) and causally. On CUDA, flex_attention is
+  compiled into a fused kernel that skips masked blocks; on CPU it runs unfused (tests compare it with "sdpa").
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
+
+from glmv.model.cache import sdpa
+
+BACKENDS = ("sdpa", "flex")
 
 
 class PagedKVCache:
@@ -18,11 +29,14 @@ class PagedKVCache:
     scratch: padding positions write there and read from there (finite values, always masked)."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):
+                 dtype: torch.dtype, device: torch.device | str, zeroed: bool = False):
         shape = ((num_blocks + 1) * block_size, kv_heads, head_dim)  # flat slots: block b holds b*bs .. b*bs+bs-1
-        # Empty, not zeros: a slot is always written before it is read, and on CPU untouched pages cost no RAM.
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # For "sdpa", empty: a slot is written before it is read, and on CPU untouched pages cost no RAM. "flex"
+        # reads the whole pool: a masked score is dropped, but 0 x a NaN of uninitialised memory in the values
+        # is NaN, so its pool starts zeroed.
+        alloc = torch.zeros if zeroed else torch.empty
+        self.k = [alloc(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [alloc(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.num_blocks, self.block_size = num_blocks, block_size
         self.pad_slot = num_blocks * block_size
         for pool in self.k + self.v:
@@ -38,24 +52,84 @@ class PagedKVCache:
         blocks = torch.tensor(block_table[: -(-n // bs)], dtype=torch.long)
         return (blocks[:, None] * bs + torch.arange(bs)).flatten()[:n]
 
-    def step(self, write: torch.Tensor, read: torch.Tensor) -> "PagedStep":
-        return PagedStep(self, write, read)
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k/v [B, kv_heads, q, D] at slots [B * q]."""
+        self.k[layer].index_copy_(0, slots, k.transpose(1, 2).reshape(-1, *k.shape[1::2]))
+        self.v[layer].index_copy_(0, slots, v.transpose(1, 2).reshape(-1, *v.shape[1::2]))
 
 
 class PagedStep:
-    """The cache as one forward sees it. write [B, q] slots of the new tokens; read [B, past + q] slots of all
-    keys per row (the last q are `write`)."""
+    """The "sdpa" backend as one forward sees it. write [B, q] slots of the new tokens; read [B, past + q] slots
+    of all keys per row (the last q are `write`); mask [B, 1, q, past + q] (True = attend) or None when plain
+    attention over `read` is exact."""
 
-    def __init__(self, cache: PagedKVCache, write: torch.Tensor, read: torch.Tensor):
-        self.cache, self.write, self.read = cache, write.reshape(-1), read
+    def __init__(self, cache: PagedKVCache, write: torch.Tensor, read: torch.Tensor, mask: torch.Tensor | None):
+        self.cache, self.write, self.read, self.mask = cache, write.reshape(-1), read, mask
         self.length = read.shape[1] - write.shape[1]  # keys before the new ones, padding included
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k/v [B, kv_heads, q, D] at the write slots; return the keys/values [B, kv_heads, past + q, D]."""
-        pool_k, pool_v = self.cache.k[layer], self.cache.v[layer]
-        pool_k.index_copy_(0, self.write, k.transpose(1, 2).reshape(-1, *k.shape[1::2]))
-        pool_v.index_copy_(0, self.write, v.transpose(1, 2).reshape(-1, *v.shape[1::2]))
-        return pool_k[self.read].transpose(1, 2), pool_v[self.read].transpose(1, 2)
+    def attention_mask(self, attention_mask: torch.Tensor | None, q_len: int) -> torch.Tensor | None:
+        return self.mask  # built by the runner on the host: the model reads no device values
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        self.cache.write(layer, self.write, k, v)
+        keys = self.cache.k[layer][self.read].transpose(1, 2)  # [B, kv_heads, past + q, D]
+        values = self.cache.v[layer][self.read].transpose(1, 2)
+        return sdpa(q, keys, values, mask)
 
     def advance(self, n: int) -> None:
         """The model reports the tokens it appended; the runner keeps that count on each sequence instead."""
+
+
+class FlexPagedStep:
+    """The "flex" backend as one forward sees it. write [B, q] slots of the new tokens; positions [B, q] the
+    logical index of each query token in its sequence (-1 for padding); logical [B, num_blocks + 1] each
+    physical block's logical index in that row's block table (-1 where the row does not hold it)."""
+
+    def __init__(self, cache: PagedKVCache, write: torch.Tensor, positions: torch.Tensor, logical: torch.Tensor):
+        self.cache, self.write = cache, write.reshape(-1)
+        self.rows, self.q = positions.shape
+        self.length = 0  # the model only passes it on; positions come from the runner
+        bs = cache.block_size
+        flat_pos = positions.reshape(-1)  # query i of the packed batch belongs to row i // q
+        row_of = torch.arange(self.rows * self.q, device=positions.device) // self.q
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            block = logical[row_of[q_idx], kv_idx // bs]
+            return (block >= 0) & (block * bs + kv_idx % bs <= flat_pos[q_idx])
+
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        slots = (cache.num_blocks + 1) * bs
+        self.block_mask = create_block_mask(mask_mod, None, None, self.rows * self.q, slots,
+                                            device=positions.device)
+
+    def attention_mask(self, attention_mask: torch.Tensor | None, q_len: int) -> None:
+        return None  # the block mask says it all
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        self.cache.write(layer, self.write, k, v)
+        b, heads, n, d = q.shape
+        packed = q.transpose(0, 1).reshape(1, heads, b * n, d)  # every row's queries in one sequence
+        keys = self.cache.k[layer].permute(1, 0, 2)[None]  # [1, kv_heads, slots, D]: the pool as it lies
+        values = self.cache.v[layer].permute(1, 0, 2)[None]
+        out = _flex(q.device.type)(packed, keys, values, block_mask=self.block_mask,
+                                   enable_gqa=heads != keys.shape[1])
+        return out.reshape(heads, b, n, d).transpose(0, 1)  # padding queries see nothing: zeros, never read
+
+    def advance(self, n: int) -> None:
+        """As PagedStep: the runner keeps the counts."""
+
+
+@lru_cache(maxsize=None)
+def _flex(device_type: str):
+    """flex_attention, compiled on CUDA (a fused kernel); eager elsewhere (unfused, exact, for tests)."""
+    import warnings
+
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device_type == "cuda":
+        return torch.compile(flex_attention, dynamic=True)
+    warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
+    return flex_attention

@@ -101,6 +101,11 @@ class Tokenizer:
                or _as_list((model_config.get("text_config") or {}).get("eos_token_id")))
         return cls(tok, config, eos)
 
+    @property
+    def added_tokens(self) -> frozenset[str]:
+        """The texts of the vocabulary's added tokens (special tokens such as <|user|>, <tool_call>)."""
+        return frozenset(self._added_ids)
+
     def token_id(self, token: str) -> int:
         """Id of a token given by its text, e.g. ``"<|image|>"``; CheckpointError if the vocabulary lacks it."""
         token_id = self._tok.token_to_id(token)

@@ -19,7 +19,7 @@ from glmv.model.vision import VisionTower
 class ModelOutput:
     logits: torch.Tensor  # [B, L, vocab] (or [B, keep, vocab] with logits_to_keep)
     rope_deltas: torch.Tensor  # [B]; a token decoded at real index n has position n + delta
-    hidden_states: torch.Tensor | None = None  # final-norm hidden states, when asked for
+    hidden_states: torch.Tensor | None = None  # [B, L, hidden] final-norm states of every position, when asked for
 
 
 class GlmvForConditionalGeneration(nn.Module):
@@ -65,10 +65,15 @@ class GlmvForConditionalGeneration(nn.Module):
         types: torch.Tensor,
         image_embeds: list[torch.Tensor] | None = None,
         video_embeds: list[torch.Tensor] | None = None,
+        trust_types: bool = False,
     ) -> torch.Tensor:
-        """Token embeddings with the placeholder rows replaced by vision features, in order."""
+        """Token embeddings with the placeholder rows replaced by vision features, in order. The placeholders are
+        counted against the features (a host sync) when features come or the types were read off input_ids;
+        a caller that gives the types and no features (an engine's decode step, checked at admission) is
+        trusted, so that step reads no device values."""
         x = self.language_model.embed_tokens(input_ids)
-        check_media_slots(types, image_embeds, video_embeds)
+        if image_embeds or video_embeds or not trust_types:
+            check_media_slots(types, image_embeds, video_embeds)
         for kind, feats in ((IMAGE, image_embeds), (VIDEO, video_embeds)):
             slots = types == kind
             if feats:
@@ -116,11 +121,10 @@ class GlmvForConditionalGeneration(nn.Module):
             )
         else:
             deltas = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-        x = self.embed(input_ids, types, image_embeds, video_embeds)
+        x = self.embed(input_ids, types, image_embeds, video_embeds, trust_types=mm_token_type_ids is not None)
         h = self.language_model(x, position_ids, attention_mask, cache)
-        if logits_to_keep:
-            h = h[:, -logits_to_keep:]
-        return ModelOutput(self.lm_head(h), deltas, h if return_hidden else None)
+        logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        return ModelOutput(logits, deltas, h if return_hidden else None)
 
 
 def check_media_slots(types: torch.Tensor, image_embeds: list[torch.Tensor] | None,

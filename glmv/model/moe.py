@@ -4,6 +4,8 @@ stacked expert weights and tokens grouped per expert.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,24 +55,58 @@ class Experts(nn.Module):
         self.act = activation(cfg.hidden_act)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """x [T, H], weights/ids [T, k] -> [T, H]."""
+        """x [T, H], weights/ids [T, k] -> [T, H]: the (token, slot) pairs sorted by expert, each expert's run
+        through its weights, weighted and summed back per token."""
         k = ids.shape[1]
         flat = ids.flatten()  # [T*k] (token-major)
         order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0]).tolist()
+        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0])
         tokens = order // k  # token of each sorted (token, slot) pair
-        xs = x[tokens].split(counts)  # [T*k, H] grouped by expert: one contiguous slice per expert
+        xs = x[tokens]  # [T*k, H] grouped by expert: one contiguous run per expert
+        if _grouped_mm_fits(x, self.gate_up_proj, self.down_proj):
+            out = self._grouped(xs, counts)
+        else:
+            out = self._looped(xs, counts)
+        out = out * weights.flatten()[order, None].to(x.dtype)
+        return torch.zeros_like(x).index_add_(0, tokens, out)
+
+    def _grouped(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """One grouped GEMM per projection, the runs given by device offsets: no host synchronisation, so a
+        decode step can be compiled or graph-captured (inference only: torch._grouped_mm has no CPU backward)."""
+        offs = counts.cumsum(0).to(torch.int32)
+        gate, up = torch._grouped_mm(xs, self.gate_up_proj.transpose(1, 2), offs=offs).chunk(2, dim=-1)
+        return torch._grouped_mm(self.act(gate) * up, self.down_proj.transpose(1, 2), offs=offs)
+
+    def _looped(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """A Python loop over the experts that received tokens (the run lengths are read on the host): the
+        training path."""
         # unbind once: indexing the stacked parameter per expert would make autograd allocate (and zero) a
         # full-size gradient for every expert; unbind's backward assembles them in one tensor
         gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
         outs = []
-        for e, chunk in enumerate(xs):
+        for e, chunk in enumerate(xs.split(counts.tolist())):
             if chunk.shape[0]:  # experts that received no token cost nothing
                 gate, up = F.linear(chunk, gate_up[e]).chunk(2, dim=-1)
                 outs.append(F.linear(self.act(gate) * up, down[e]))
         # cat (not writes into a preallocated buffer) keeps the backward pass free of full-size zero fills
-        out = torch.cat(outs) * weights.flatten()[order, None].to(x.dtype)
-        return torch.zeros_like(x).index_add_(0, tokens, out)
+        return torch.cat(outs)
+
+
+def _grouped_mm_fits(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether torch._grouped_mm serves this forward: no gradient needed, rows a multiple of 16 bytes (its
+    stride rule), and a device that has it (any CPU; bf16 on CUDA compute capability 9.0+)."""
+    if torch.is_grad_enabled() or not hasattr(torch, "_grouped_mm"):
+        return False
+    if any(w.shape[-1] * w.element_size() % 16 or w.shape[-2] * w.element_size() % 16 for w in weights):
+        return False
+    if x.device.type == "cpu":
+        return True
+    return x.device.type == "cuda" and x.dtype == torch.bfloat16 and _capability(x.device) >= (9, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 class MoE(nn.Module):

@@ -7,11 +7,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from glmv.config import TextConfig
-from glmv.model.cache import KVCache
+from glmv.model.cache import KVCache, attention_mask_for, sdpa
 from glmv.model.layers import FusedSwiGLU, RMSNorm, SwiGLU
 from glmv.model.moe import MoE
 from glmv.model.rope import apply_partial_rotary, mrope_cos_sin
@@ -36,10 +35,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q = apply_partial_rotary(q, cos, sin, self.interleaved)
         k = apply_partial_rotary(k, cos, sin, self.interleaved)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)
-        causal = mask is None and n > 1 and k.shape[2] == n
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=self.heads != self.kv_heads)
+        out = sdpa(q, k, v, mask) if cache is None else cache.attend(self.layer, q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -66,26 +62,6 @@ class DecoderLayer(nn.Module):
         return h + (self.post_mlp_layernorm(f) if self.sandwich else f)
 
 
-def attention_mask_for(
-    attention_mask: torch.Tensor | None, q_len: int, past: int, device
-) -> torch.Tensor | None:
-    """Boolean mask [B, 1, q_len, past + q_len] (True = attend), or None when plain causal attention is exact.
-
-    attention_mask [B, past + q_len] marks real tokens (1) and padding (0). A padding query may always see itself,
-    so no row is fully masked (a fully masked row would give NaN, and NaN values poison later layers).
-    """
-    total = past + q_len
-    if attention_mask is None or bool(attention_mask.all()):
-        if q_len == 1 or past == 0:
-            return None
-        attention_mask = torch.ones(1, total, dtype=torch.bool, device=device)
-    q_pos = torch.arange(past, total, device=device)[:, None]
-    k_pos = torch.arange(total, device=device)[None, :]
-    causal = k_pos <= q_pos  # [q, k]
-    keys = attention_mask[:, None, None, :].bool()  # [B, 1, 1, k]
-    return (causal & keys) | (k_pos == q_pos)
-
-
 class TextModel(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -103,8 +79,11 @@ class TextModel(nn.Module):
     ) -> torch.Tensor:
         """inputs_embeds [B, L, H], position_ids [3, B, L] -> final hidden states [B, L, H]."""
         cfg = self.cfg
-        past = cache.length if cache is not None else 0
-        mask = attention_mask_for(attention_mask, inputs_embeds.shape[1], past, inputs_embeds.device)
+        q_len = inputs_embeds.shape[1]
+        if cache is None:
+            mask = attention_mask_for(attention_mask, q_len, 0, inputs_embeds.device)
+        else:
+            mask = cache.attention_mask(attention_mask, q_len)
         cos, sin = mrope_cos_sin(
             position_ids, cfg.rotary_dim, cfg.rope_theta, cfg.mrope_section, not cfg.moe, inputs_embeds.dtype
         )
@@ -112,5 +91,5 @@ class TextModel(nn.Module):
         for layer in self.layers:
             h = layer(h, cos, sin, mask, cache)
         if cache is not None:
-            cache.advance(inputs_embeds.shape[1])
+            cache.advance(q_len)
         return self.norm(h)

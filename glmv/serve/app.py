@@ -22,10 +22,12 @@ from glmv.serve.completions import completions
 from glmv.serve.errors import contained, install_error_handlers
 from glmv.serve.gate import Gate
 from glmv.serve.metrics import HttpCounter
+from glmv.serve.pooling import embeddings, score
 from glmv.serve.state import ServerState
 
 STATIC = Path(__file__).with_name("static")
-ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/"})
+ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/score", "/v1/models", "/health",
+                    "/metrics", "/"})
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
     async def lifespan(_: FastAPI):
         yield
         state.engine.shutdown()
+        state.pooling.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="glmv", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmv = state
@@ -62,6 +65,16 @@ def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
     @contained
     async def complete(request: Request) -> Response:
         return await completions(request, state)
+
+    @app.post("/v1/embeddings")
+    @contained
+    async def embed(request: Request) -> Response:
+        return await embeddings(request, state)
+
+    @app.post("/v1/score")
+    @contained
+    async def score_route(request: Request) -> Response:
+        return await score(request, state)
 
     def model_card() -> dict:
         return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "glmv",

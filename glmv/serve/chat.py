@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from glmv.engine.async_engine import Handle
 from glmv.engine.outputs import opens_think
 from glmv.engine.tool_calls import AnswerStreamParser
+from glmv.engine.tool_choice import with_tool_grammar
 from glmv.serve import json_mode
 from glmv.serve.metrics import RequestTimer
 from glmv.serve.protocol import ChatCompletionRequest
@@ -23,9 +24,9 @@ async def chat_completions(request: Request, state: ServerState) -> JSONResponse
     state.check_model(req.model)
     params = req.sampling_params(state.defaults, state.context)
     thinking, template_kwargs = req.template_kwargs()
-    tools, tool_instruction = req.tool_plan()
-    messages = _with_system_text(req.messages, tool_instruction)
-    handle, timer = await submit(state, state.engine.submit(messages, params, thinking, tools, **template_kwargs))
+    tools, tool_grammar = req.tool_plan(state.engine.llm.tokenizer.added_tokens)
+    params = with_tool_grammar(params, tool_grammar)
+    handle, timer = await submit(state, state.engine.submit(req.messages, params, thinking, tools, **template_kwargs))
     head = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": state.model_name}
     if req.stream:
         chunk_head = {**head, "object": "chat.completion.chunk"}
@@ -42,16 +43,6 @@ async def chat_completions(request: Request, state: ServerState) -> JSONResponse
             choice["json_valid"] = json_mode.is_json(c.content)
         choices.append(choice)
     return JSONResponse({**head, "choices": choices, "usage": out.usage})
-
-
-def _with_system_text(messages: list[dict], text: str | None) -> list[dict]:
-    """The messages with `text` added to the leading system (or developer) message, or in a new one before them."""
-    if text is None:
-        return messages
-    first = messages[0] if messages else {}
-    if first.get("role") in ("system", "developer") and isinstance(first.get("content"), str):
-        return [{**first, "content": first["content"] + "\n\n" + text}, *messages[1:]]
-    return [{"role": "system", "content": text}, *messages]
 
 
 async def _choices(state: ServerState, req: ChatCompletionRequest, handle: Handle,

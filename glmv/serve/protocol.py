@@ -11,15 +11,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from glmv.engine.sampling import SamplingParams
+from glmv.engine.tool_choice import plan_tools
 from glmv.errors import InputError
 
 # Names the chat template binds itself: a request must not rebind them through chat_template_kwargs.
 RESERVED_TEMPLATE_VARS = frozenset({"messages", "tools", "documents", "add_generation_prompt", "enable_thinking"})
 # Each is compared with every token the request samples: bounded, so one request cannot slow the shared batch.
 MAX_STOP_TOKEN_IDS = 1024
-# tool_choice "required" / a named function, asked for in the prompt until constrained decoding can enforce it.
-REQUIRED_TOOL_INSTRUCTION = "In this reply you must call at least one of the functions you are given."
-NAMED_TOOL_INSTRUCTION = "In this reply you must call the function {name}."
 
 
 class _Body(BaseModel):
@@ -198,28 +196,12 @@ class ChatCompletionRequest(_Generate):
             raise InputError(f"chat_template_kwargs may not set {', '.join(clash)}")
         return thinking, kwargs
 
-    def tool_plan(self) -> tuple[list[dict] | None, str | None]:
-        """(the tools to render into the prompt, which also type the parsed calls; an instruction for the system
-        prompt), from tools and tool_choice.
-
-        "none" renders no tools, so no call is made or parsed (vLLM's way); "auto", the default, renders them all.
-        "required" and a named function (only that one is rendered) are asked for in the prompt: nothing
-        enforces them until constrained decoding does."""
-        choice = self.tool_choice or "auto"
-        if not self.tools and choice not in ("none", "auto"):
-            raise InputError("tool_choice 'required' or a named function needs 'tools'")
-        if not self.tools or choice == "none":
-            return None, None
-        tools = [tool.model_dump(exclude_none=True) for tool in self.tools]
-        if choice == "auto":
-            return tools, None
-        if choice == "required":
-            return tools, REQUIRED_TOOL_INSTRUCTION
-        name = choice.function.name
-        named = [tool for tool in tools if tool["function"]["name"] == name]
-        if not named:
-            raise InputError(f"tool_choice names the function {name!r}, which is not in 'tools'")
-        return named[:1], NAMED_TOOL_INSTRUCTION.format(name=name)
+    def tool_plan(self, added_tokens: frozenset[str]) -> tuple[list[dict] | None, str | None]:
+        """(the tools to render into the prompt, which also type the parsed calls; the grammar that enforces
+        tool_choice "required" or a named function, else None): glmv.engine.tool_choice.plan_tools."""
+        tools = [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None
+        choice = self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
+        return plan_tools(tools, choice, added_tokens)
 
 
 class CompletionRequest(_Generate):
@@ -228,3 +210,66 @@ class CompletionRequest(_Generate):
 
     def _top_logprobs(self) -> int | None:
         return self.logprobs
+
+
+# At most this many inputs in one /v1/embeddings or /v1/score request (each is a row of a forward).
+MAX_POOLING_INPUTS = 256
+
+
+class EmbeddingRequest(_Body):
+    """OpenAI's /v1/embeddings body, plus vLLM's chat form (`messages`: one conversation with images/videos,
+    rendered by the chat template, one embedding)."""
+
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]] | None = None
+    messages: list[dict[str, Any]] | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    add_generation_prompt: bool = False  # for `messages`
+
+    def inputs(self) -> list:
+        """The inputs to embed, one row each."""
+        if (self.input is None) == (self.messages is None):
+            raise InputError("give exactly one of 'input' (texts or token ids) or 'messages' (a conversation)")
+        if self.messages is not None:
+            return [self.messages]
+        if isinstance(self.input, str) or (self.input and isinstance(self.input[0], int)):
+            items = [self.input]
+        else:
+            items = list(self.input)
+        if not items:
+            raise InputError("'input' is empty")
+        if len(items) > MAX_POOLING_INPUTS:
+            raise InputError(f"'input' has {len(items)} items; send at most {MAX_POOLING_INPUTS} per request")
+        return items
+
+
+class ScoreContent(_Body):
+    """A multimodal query: OpenAI content parts (text, image_url, video_url), one user message."""
+
+    content: list[dict[str, Any]]
+
+
+class ScoreRequest(_Body):
+    """vLLM's /v1/score body: text_1 (queries) against text_2 (candidates): one query and many candidates, or
+    two lists of equal length scored pair by pair."""
+
+    model: str | None = None
+    text_1: str | list[str] | ScoreContent
+    text_2: str | list[str]
+
+    def pairs(self) -> list[tuple[str | list[dict], list[str]]]:
+        """[(query as a text or messages, its candidates)], in the order of the scores returned."""
+        queries = self.text_1 if isinstance(self.text_1, list) else [self.text_1]
+        candidates = [self.text_2] if isinstance(self.text_2, str) else list(self.text_2)
+        if not queries or not candidates:
+            raise InputError("text_1 and text_2 must not be empty")
+        if max(len(queries), len(candidates)) > MAX_POOLING_INPUTS:
+            raise InputError(f"score at most {MAX_POOLING_INPUTS} pairs per request")
+        as_query = [[{"role": "user", "content": q.content}] if isinstance(q, ScoreContent) else q for q in queries]
+        if len(as_query) == 1:
+            return [(as_query[0], candidates)]
+        if len(as_query) != len(candidates):
+            raise InputError(f"text_1 has {len(as_query)} items and text_2 {len(candidates)}: give one text_1, "
+                             "or lists of equal length")
+        return [(q, [c]) for q, c in zip(as_query, candidates)]

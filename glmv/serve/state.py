@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from fastapi import Request
@@ -27,6 +28,9 @@ class ServerState:
     model_name: str
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=now)
+    # /v1/embeddings and /v1/score run here, one at a time, beside the engine thread
+    pooling: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="glmv-pool"))
+    pooling_waiting: int = 0
 
     @property
     def context(self) -> int:

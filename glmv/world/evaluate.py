@@ -95,9 +95,15 @@ def _mean(values) -> float:
 def glmv_backend(model: str | None = None, max_tokens: int = 256, enable_thinking: bool | None = None,
                  batch_size: int = 8, device: str = "cpu", dtype: str | None = None) -> AnswerFn:
     """Greedy answers from glmv's engine (`model` None = the bundled nano GLM-V)."""
-    from glmv import LLM, SamplingParams
+    from glmv import LLM
 
-    llm = LLM(model, dtype=dtype, device=device)
+    return llm_backend(LLM(model, dtype=dtype, device=device), max_tokens, enable_thinking, batch_size)
+
+
+def llm_backend(llm, max_tokens: int = 256, enable_thinking: bool | None = None, batch_size: int = 8) -> AnswerFn:
+    """Greedy answers from a loaded glmv.LLM."""
+    from glmv import SamplingParams
+
     # Keep special tokens: the box and think tags are how the scorers find the answer.
     params = SamplingParams(temperature=0, max_tokens=max_tokens, skip_special_tokens=False)
 

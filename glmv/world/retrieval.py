@@ -95,3 +95,22 @@ def recall_at_1(similarity) -> float:
     """similarity[i][j]: how well image i matches caption j -> fraction of images whose best caption is their own."""
     sim = np.asarray(similarity, dtype=np.float64)
     return float(np.mean(sim.argmax(axis=1) == np.arange(len(sim))))
+
+
+def evaluate_retrieval(llm, split: str = "test", sets: int = 10, n: int = 8) -> dict:
+    """recall@1 of image -> caption retrieval over `sets` retrieval sets of n, two ways: by embeddings (cosine of
+    `llm.embed` of the image asked for a caption and of the caption as a user message) and by likelihood
+    (`llm.score` of every caption as the answer to that question). `llm`: a glmv.LLM."""
+    ask = PLAIN_STYLE.ask("caption")
+    by_embed, by_score = [], []
+    for index in range(sets):
+        images, captions = retrieval_set(split, index, n)
+        queries = [[{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": ask}]}]
+                   for im in images]
+        image_vecs = np.array([o.outputs.embedding for o in llm.embed(queries)])
+        text_vecs = np.array([o.outputs.embedding for o in llm.embed([[{"role": "user", "content": c}]
+                                                                     for c in captions])])
+        by_embed.append(recall_at_1(image_vecs @ text_vecs.T))
+        by_score.append(recall_at_1([[o.outputs.score for o in llm.score(q, captions)] for q in queries]))
+    return {"split": split, "sets": sets, "candidates": n, "chance": 1 / n,
+            "embed_recall_at_1": float(np.mean(by_embed)), "score_recall_at_1": float(np.mean(by_score))}

@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import re
 
-from glmv.engine.outputs import extract_answer, parse_boxes, parse_reasoning
+from glmv.agent.actions import Box
+from glmv.agent.parse import parse_action
+from glmv.engine.grounding import find_boxes
+from glmv.engine.outputs import extract_answer, parse_reasoning
+from glmv.errors import InputError
 
 
 def answer_text(output: str) -> str:
@@ -62,15 +66,17 @@ def iou(a: list[float], b: list[float]) -> float:
 
 
 def box_iou(output: str, expected: list[float]) -> float:
-    """IoU of the first box in the output (any bracket style, boxed or not) with the expected one."""
-    boxes = parse_boxes(output)
+    """IoU of the first box of the answer with the expected one. Boxes are read as LLM.ground reads them
+    (glmv.engine.grounding.find_boxes): any bracket style, those inside box tokens when there are some, the
+    reasoning left out, corners ordered, clipped to 0..1000."""
+    boxes = [b.box_1000 for b in find_boxes(output)]
     return iou(boxes[0], expected) if boxes else 0.0
 
 
 def boxes_f1(output: str, expected: list[list[float]], threshold: float = 0.5) -> float:
     """F1 of the output's boxes against the expected set: each expected box matches at most one output box
     with IoU >= threshold (greedy, best pairs first), so extra, missing and misplaced boxes all cost."""
-    got = parse_boxes(output)
+    got = [b.box_1000 for b in find_boxes(output)]  # read as box_iou reads them
     if not got or not expected:
         return float(not got and not expected)
     pairs = sorted(((iou(g, e), i, j) for i, g in enumerate(got) for j, e in enumerate(expected)), reverse=True)
@@ -135,20 +141,19 @@ def order_reward(output: str, expected: list[str]) -> float:
 
 
 def action_iou(output: str, expected: dict) -> float:
-    """A GUI-agent action JSON ({"action_type", "box_2d": [[x1,y1,x2,y2]], "text"?}) against the expected one:
-    the IoU of the boxes when the action type (and any typed text) is right, else 0."""
-    got = parse_json(output)
-    if not isinstance(got, dict) or got.get("action_type") != expected["action_type"]:
-        return 0.0
-    if "text" in expected and normalise(str(got.get("text", ""))) != normalise(expected["text"]):
-        return 0.0
-    box = got.get("box_2d")
-    if isinstance(box, list) and box and isinstance(box[0], list):  # [[x1,y1,x2,y2]] or a bare [x1,y1,x2,y2]
-        box = box[0]
+    """A GUI-agent action in the mobile JSON space ({"action_type", "box_2d": [[x1,y1,x2,y2]], "text"?}, read by
+    glmv.agent.parse_action) against the expected one: the IoU of the boxes when the action type (and any typed
+    text) is right, else 0."""
     try:
-        return iou([float(v) for v in box], expected["box_2d"][0]) if len(box) == 4 else 0.0
-    except (TypeError, ValueError):
+        got = parse_action(output, space="mobile")
+    except InputError:
         return 0.0
+    box = getattr(got, "target", None)
+    if got.name != expected["action_type"] or not isinstance(box, Box):
+        return 0.0
+    if "text" in expected and normalise(getattr(got, "text", "")) != normalise(expected["text"]):
+        return 0.0
+    return iou(box.as_list(), expected["box_2d"][0])
 
 
 def action_match(output: str, expected: dict) -> float:

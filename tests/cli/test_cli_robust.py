@@ -44,6 +44,8 @@ def commands(model_dir, tmp_path) -> dict[str, list[str]]:
         "serve": ["serve", "--model", str(model_dir), "--port", "0"],
         "eval": ["eval", "--model", str(model_dir), "--tasks", "count", "--limit", "1"],
         "train": ["train", "nano_sft", "--out", str(tmp_path / "run"), "--init", str(model_dir)],
+        "ground": ["ground", "--model", str(model_dir), str(tmp_path / "scene.png"), "the cat"],
+        "agent": ["agent", "--model", str(model_dir), "--screenshot", str(tmp_path / "screen.png"), "Click OK"],
     }
 
 

@@ -52,6 +52,31 @@ def test_any_block_size_gives_the_same_tokens(path, reference, block_size):
     assert token_ids(llm) == token_ids(reference)
 
 
+@pytest.mark.parametrize("block_size", [pytest.param(1, marks=pytest.mark.slow), 16,
+                                        pytest.param(64, marks=pytest.mark.slow)])  # unfused on CPU: ~5 s a pass
+def test_flex_attention_backend_gives_the_same_tokens_and_logprobs(path, reference, block_size):
+    """FlexAttention reading the pool in place (a physical -> logical block map per row) against gather + SDPA:
+    text, one and two images, video, batched; with chunked prefill, and with a shared prefix from the cache."""
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=0)
+    # A small pool: on CPU, flex evaluates its mask over every slot of the pool.
+    flex = LLM(path, progress=False, block_size=block_size, attention_backend="flex", max_num_batched_tokens=24,
+               kv_cache_memory="1MiB")
+    want = reference.chat(conversations(), params)
+    for _ in range(2):  # the second time the prompts' blocks come from the prefix cache
+        got = flex.chat(conversations(), params)
+        for g, w in zip(got, want):
+            assert g.outputs[0].token_ids == w.outputs[0].token_ids
+            assert g.outputs[0].cumulative_logprob == pytest.approx(w.outputs[0].cumulative_logprob, abs=1e-4)
+    assert flex.engine.blocks.hits > 0 or block_size == 64  # 64: no prompt fills a block
+
+
+def test_unknown_attention_backend_is_a_config_error(path):
+    from glmv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="flex"):
+        LLM(path, progress=False, attention_backend="paged")
+
+
 def test_chunked_prefill_and_mid_flight_joins_give_the_same_tokens(path, reference):
     """A step budget of 8 tokens: every prompt is prefilled in chunks (cutting through image runs), and
     sequences join while others decode."""

@@ -39,18 +39,3 @@ def test_cached_equals_full_forward(make_pair, model_type):
     keep = mask.bool()
     assert (cached[keep] - full[keep]).abs().max() <= 1e-4
     assert cache.length == n
-
-
-def test_select_rows_keeps_the_right_sequences(make_pair):
-    _, model, _ = make_pair("glm4v_moe")
-    cfg = model.config.text
-    ids = torch.tensor([random_text(6, 5), random_text(6, 6), random_text(6, 7)])
-    cache = KVCache(cfg.num_hidden_layers, 3, cfg.num_key_value_heads, cfg.head_dim, 8, torch.float32, "cpu")
-    with torch.no_grad():
-        out = model(ids, cache=cache)
-        cache.select([0, 2])  # the middle sequence finished
-        nxt = torch.tensor([[9], [11]])
-        pos = continuation_positions(out.rope_deltas[[0, 2]], torch.tensor([6, 6]), 1)
-        step = model(nxt, position_ids=pos, cache=cache).logits
-        full = model(torch.cat([ids[[0, 2]], nxt], 1)).logits[:, -1:]
-    assert (step - full).abs().max() <= 1e-4

@@ -140,20 +140,25 @@ def test_tool_choice_none_renders_no_tools_and_parses_nothing(client, script):
     assert prepared[-1].tools is None and "get_weather" not in prepared[-1].prompt
 
 
-def test_tool_choice_required_and_named_are_asked_for_in_the_prompt(client, script):
+def test_tool_choice_required_and_named_are_enforced_by_a_grammar(client, script):
     prepared = script(glm_call("get_time"))
     assert ask(client, tool_choice="auto").choices[0].finish_reason == "tool_calls"
-    auto = prepared[-1].prompt
-    assert "get_weather" in auto and "get_time" in auto and "you must call" not in auto
+    auto = prepared[-1]
+    assert "get_weather" in auto.prompt and "get_time" in auto.prompt and auto.seqs[0].params.grammar is None
     ask(client, tool_choice="required")
-    assert "you must call at least one" in prepared[-1].prompt and "get_weather" in prepared[-1].prompt
+    required = prepared[-1]
+    assert required.prompt == auto.prompt  # the template's prompt, nothing added
+    assert "call_0" in required.seqs[0].params.grammar and "call_1" in required.seqs[0].params.grammar
     ask(client, tool_choice={"type": "function", "function": {"name": "get_time"}})
-    named = prepared[-1].prompt
-    assert "you must call the function get_time" in named and '"name": "get_weather"' not in named
+    named = prepared[-1]
+    assert '"name": "get_weather"' not in named.prompt and '"get_time"' in named.seqs[0].params.grammar
+    assert "call_1" not in named.seqs[0].params.grammar
     with pytest.raises(openai.BadRequestError, match="not in 'tools'"):
         ask(client, tool_choice={"type": "function", "function": {"name": "launch"}})
     with pytest.raises(openai.BadRequestError, match="needs 'tools'"):
         ask(client, tools=openai.omit, tool_choice="required")
+    with pytest.raises(openai.BadRequestError, match="cannot be combined"):
+        ask(client, tool_choice="required", response_format={"type": "json_object"})
 
 
 def test_tool_results_round_trip_through_the_template(client, script):
@@ -198,6 +203,35 @@ def test_real_server_accepts_tools_and_answers_in_shape(served, tool_choice):
     assert choice.message.content is not None or choice.message.tool_calls
     content, _, calls, finish = collect(served.chat.completions.create(stream=True, **kwargs))
     assert finish == choice.finish_reason and content == (choice.message.content or "")
+
+
+BOUNDED = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "required": ["city", "days"],
+    "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1, "maximum": 14},
+                   "units": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                   "detail": {"type": "object", "properties": {"hourly": {"type": "boolean"}}, "required": ["hourly"],
+                              "additionalProperties": False}}}}}
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_real_server_enforces_tool_choice(served, tool_choice):
+    """The tiny random model never learned tool calls: whatever it writes, the grammar makes it a call whose
+    arguments validate against the schema, streamed or not, with thinking on or off."""
+    jsonschema = pytest.importorskip("jsonschema")
+    for seed, thinking in ((0, False), (1, True), (2, False)):
+        kwargs = {"model": MODEL, "messages": [{"role": "user", "content": "Weather in Paris?"}],
+                  "tools": [BOUNDED, TIME], "tool_choice": tool_choice, "max_tokens": 300, "temperature": 1.0,
+                  "seed": seed, "extra_body": {"chat_template_kwargs": {"enable_thinking": thinking}}}
+        choice = served.chat.completions.create(**kwargs).choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        for call in choice.message.tool_calls:
+            assert call.function.name in ("get_weather", "get_time")
+            if call.function.name == "get_weather" or isinstance(tool_choice, dict):
+                jsonschema.validate(json.loads(call.function.arguments), BOUNDED["function"]["parameters"])
+        _, _, calls, finish = collect(served.chat.completions.create(stream=True, **kwargs))
+        assert finish == "tool_calls"
+        assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
+            (c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls]
 
 
 def test_real_server_refuses_malformed_tools(server):
