@@ -73,12 +73,13 @@ def tool_call_grammar(tools: list[dict], added_tokens: set[str] = frozenset(), a
         params = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
         properties = params.get("properties")
         required = set(params.get("required") or ())
+        defs = {k: params[k] for k in ("$defs", "definitions") if isinstance(params.get(k), dict)}
         pairs = []
         if isinstance(properties, dict):  # the declared keys only ({}: a function without arguments)
             for k, (key, schema) in enumerate(properties.items()):
                 rule = f"arg_{i}_{k}"
                 rules.append(f"{rule}: {tag['<arg_key>']} {_literal(key)} {tag['</arg_key>']} \"\\n\" "
-                             f"{tag['<arg_value>']} {_value(schema)} {tag['</arg_value>']} \"\\n\"")
+                             f"{tag['<arg_value>']} {_value(schema, defs)} {tag['</arg_value>']} \"\\n\"")
                 pairs.append(rule if key in required else f"{rule}?")
         else:  # no "properties" at all: any keys, any text
             rules.append(f"arg_{i}_any: {tag['<arg_key>']} /[A-Za-z0-9_.\\-]+/ {tag['</arg_key>']} \"\\n\" "
@@ -100,9 +101,10 @@ def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _value(schema: Any) -> str:
+def _value(schema: Any, defs: dict) -> str:
     """A value as GLM writes it: a string as plain text (an enum of strings as one of them), anything else as
-    JSON valid against the schema."""
+    JSON valid against the schema; `defs`: the parameters' $defs, which a property's $ref points into (pydantic
+    writes nested models so)."""
     schema = schema if isinstance(schema, dict) else {}
     kind = schema.get("type")
     kinds = {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) else set()
@@ -114,7 +116,7 @@ def _value(schema: Any) -> str:
         if not isinstance(low, int) or not (high is None or isinstance(high, int)) or low < 0 or (high or low) < low:
             raise InputError(f"bad minLength/maxLength in a tool's parameter schema: {schema}")
         return f"/[^<]{{{low},{'' if high is None else high}}}/"
-    return "%json " + json.dumps({**schema, "x-guidance": JSON_LAYOUT}, ensure_ascii=False)
+    return "%json " + json.dumps({**schema, **defs, "x-guidance": JSON_LAYOUT}, ensure_ascii=False)
 
 
 def with_tool_grammar(params: SamplingParams, grammar: str | None) -> SamplingParams:

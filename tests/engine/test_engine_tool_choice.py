@@ -101,3 +101,16 @@ def test_plan_tools():
             plan_tools(tools, choice)
     with pytest.raises(InputError, match="cannot be combined"):
         LLM.chat.__globals__["with_tool_grammar"](SamplingParams(json_object=True), "start: \"x\"")
+
+
+def test_nested_models_with_defs_compile():
+    """pydantic writes nested models as $ref into the parameters' $defs: each value's JSON schema carries them."""
+    from glmv.engine.guided import GrammarSpec, check_spec
+
+    inner = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}
+    params = {"type": "object", "$defs": {"Inner": inner}, "required": ["inner"],
+              "properties": {"inner": {"$ref": "#/$defs/Inner"}, "items": {"type": "array",
+                                                                       "items": {"$ref": "#/$defs/Inner"}}}}
+    grammar = tool_call_grammar([{"type": "function", "function": {"name": "f", "parameters": params}}])
+    check_spec(GrammarSpec.of("grammar", grammar))  # raises InputError if a $ref dangles
+    assert grammar.count('"$defs"') == 2
