@@ -141,3 +141,16 @@ def test_timing_measures_until_the_clock_can_tell():
         median_seconds(lambda: 0.0, repeats=1)
     with pytest.raises(ValueError, match="repeats must be at least 1"):
         median_time(lambda: None, repeats=0)
+
+
+def test_threads_sets_torchs_thread_count(model_dir, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["run", "--model", str(model_dir), "--threads", "1", "--max-tokens", "1", "hi"]) == 0
+        assert torch.get_num_threads() == 1
+        assert main(["run", "--model", str(model_dir), "--threads", "0", "hi"]) == 1
+        assert "--threads must be at least 1" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
