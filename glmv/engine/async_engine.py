@@ -2,7 +2,7 @@
 
 A background thread owns the engine. Between steps it hands newly submitted requests' sequences to the engine
 (its scheduler batches them continuously, prefilling in chunks between decode steps), turns each step's tokens
-into text deltas, and hands them to each request's asyncio queue with one wake-up of the event loop per request.
+into text deltas, and hands them to each request's asyncio queue with one wake-up of the event loop per step.
 Media loading, preprocessing and the per-request checks run in a thread pool, off both the event loop and the
 engine thread. A full queue is refused at once; a cancelled request's sequences leave at the next step and their
 blocks are freed.
@@ -54,6 +54,7 @@ class Handle:
     first_token: float | None = None
     cancelled: bool = False
     closed: set[int] = field(default_factory=set)  # samples whose last delta has been put
+    outbox: list = field(default_factory=list)  # the engine's: what waits for the end of the step (engine thread)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -64,7 +65,7 @@ class Handle:
         self._put(error)
 
     def _put(self, item: StreamDelta | BaseException | None) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        self.outbox.append((self, item))  # delivered with the rest of the step's (AsyncEngine._flush)
 
     async def __aiter__(self) -> AsyncIterator[StreamDelta]:
         while True:
@@ -93,6 +94,7 @@ class AsyncEngine:
         self.waiting: deque[Handle] = deque()  # submitted, not yet handed to the engine
         self.owners: dict[int, tuple[Handle, int]] = {}  # id(sequence) -> (its handle, sample index)
         self.preparing = 0
+        self.outbox: list[tuple[Handle, StreamDelta | BaseException | None]] = []  # one step's deliveries
         self.lock = threading.Lock()
         self.wake = threading.Condition(self.lock)
         self.stopped = False
@@ -135,7 +137,7 @@ class AsyncEngine:
         finally:
             with self.lock:
                 self.preparing -= 1
-        handle = Handle(request, loop)
+        handle = Handle(request, loop, outbox=self.outbox)
         with self.wake:
             self.waiting.append(handle)
             self.wake.notify()
@@ -176,6 +178,23 @@ class AsyncEngine:
             except Exception as e:  # not one request's fault: fail the requests in flight, keep serving
                 for h in {id(h): h for h, _ in self.owners.values()}.values():
                     self._fail(h, e)
+            finally:
+                self._flush()
+
+    def _flush(self) -> None:
+        """Hand the step's deltas, errors and ends to their queues: one wake-up of each event loop per step, not
+        one per token per request (at 32 streams that was most of the event loop's work)."""
+        if not self.outbox:
+            return
+        items, self.outbox[:] = list(self.outbox), []  # the handles hold this list: empty it in place
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for h, item in items:
+            by_loop.setdefault(h.loop, []).append((h.queue, item))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # that loop has closed: its clients are gone
+                pass
 
     def _admit(self) -> None:
         """Hand submitted requests to the engine; sleep while there is nothing to do."""
@@ -227,3 +246,8 @@ class AsyncEngine:
             h._put(StreamDelta(0, k, delta, seq.finish_reason))
         if seq.finished:
             self._close(h, k)
+
+
+def _deliver(batch: list[tuple[asyncio.Queue, StreamDelta | BaseException | None]]) -> None:
+    for queue, item in batch:
+        queue.put_nowait(item)

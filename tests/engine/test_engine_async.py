@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from glmv import LLM, SamplingParams
-from glmv.engine.async_engine import AsyncEngine, QueueFullError
+from glmv.engine.async_engine import AsyncEngine, QueueFullError, _deliver
 from glmv.testing.tiny_checkpoint import make_tiny_model_dir
 
 
@@ -68,3 +68,27 @@ def test_full_queue_is_refused_immediately(llm):
             engine.shutdown()
 
     asyncio.run(main())
+
+
+def test_one_wake_up_of_the_event_loop_per_step(llm):
+    """Deltas of all requests reach the event loop together, once per engine step, not once per token each."""
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        calls, steps = [], []
+        original = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *args: (calls.append(args[0]), original(*args))[1]
+        engine = AsyncEngine(llm, max_batch=4)
+        step = engine.llm.engine.step
+        engine.llm.engine.step = lambda: (steps.append(1), step())[1]
+        try:
+            handles = [await engine.submit(conv(i), params) for i in (0, 2)]
+            texts = await asyncio.gather(*(collect(h) for h in handles))
+        finally:
+            engine.shutdown()
+            engine.llm.engine.step = step
+        return texts, sum(c is _deliver for c in calls), len(steps)  # the rest: run_in_executor's own
+
+    texts, wake_ups, steps = asyncio.run(main())
+    assert all(texts) and 0 < wake_ups <= steps < 16  # per token per stream: 2 x 8 = 16 or more
