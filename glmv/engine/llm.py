@@ -155,9 +155,13 @@ class LLM:
         return SamplingParams(**self._generation_config)
 
     # --- preparing requests -------------------------------------------------------------------------------------
+    def _new_ids(self, n: int) -> list[str]:
+        """n request ids never given before by this LLM."""
+        self._next_id += n
+        return [str(i) for i in range(self._next_id - n + 1, self._next_id + 1)]
+
     def _request(self, prompt: str, ids: list[int], params: SamplingParams, images=(), videos=(),
                  image_embeds=(), video_embeds=(), tools: list[dict] | None = None) -> Request:
-        self._next_id += 1
         seqs = [
             Sequence(list(ids), params, list(image_embeds), [f.grid_thw for f in images], list(video_embeds),
                      [f.grid_thw for f in videos], seed_offset=i)
@@ -165,7 +169,7 @@ class LLM:
         ]
         for seq in seqs[1:]:
             seq.leader = seqs[0]  # they share the prompt: computed once, then found in the prefix cache
-        req = Request(str(self._next_id), prompt, list(ids), seqs, list(images), list(videos), tools=tools)
+        req = Request(self._new_ids(1)[0], prompt, list(ids), seqs, list(images), list(videos), tools=tools)
         for _ in seqs:
             req.detoks.append(IncrementalDetokenizer(self.tokenizer, skip_special_tokens=params.skip_special_tokens))
             req.stops.append(StopMatcher(params.stop, params.include_stop_str_in_output))
@@ -297,8 +301,7 @@ class LLM:
         conversation with images/videos (chat template applied); a list of them is embedded as a batch.
         Last-token pooling of the final hidden state, L2-normalised (glmv/engine/pooling.py says why)."""
         rows = [self.pooler.row(p, add_generation_prompt) for p in as_prompt_list(prompts)]
-        self._next_id += len(rows)
-        return embed_outputs(rows, self.pooler.embed(rows, pooling, normalize), self._next_id - len(rows))
+        return embed_outputs(rows, self.pooler.embed(rows, pooling, normalize), self._new_ids(len(rows)))
 
     def score(self, query: str | list[dict], candidates: str | list[str]) -> list[ScoringRequestOutput]:
         """How well each candidate answers `query` (a text, or messages with images): the mean log-probability
@@ -306,9 +309,8 @@ class LLM:
         candidates = [candidates] if isinstance(candidates, str) else candidates
         rows, prefix_len = self.pooler.score_rows(query, candidates)
         scores = self.pooler.score(rows, prefix_len)
-        self._next_id += len(rows)
-        return [ScoringRequestOutput(str(self._next_id - len(rows) + i), r.ids, ScoringOutput(s))
-                for i, (r, s) in enumerate(zip(rows, scores))]
+        return [ScoringRequestOutput(i, r.ids, ScoringOutput(s))
+                for i, r, s in zip(self._new_ids(len(rows)), rows, scores)]
 
     def start_chat(self) -> ChatSession:
         """A conversation that keeps its KV cache and image embeddings between turns."""

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from glmv.errors import InputError
 from glmv.inputs.chat import normalize_messages
 from glmv.inputs.image import ImageFeatures
+from glmv.inputs.processor import left_pad
 from glmv.inputs.video import VideoFeatures
 
 if TYPE_CHECKING:
@@ -144,12 +145,8 @@ class Pooler:
     def _forward(self, rows: list[Row]) -> list[torch.Tensor]:
         model, vision = self.llm.model, self.llm.engine.vision
         device = model.device
-        length = max(len(r.ids) for r in rows)
-        ids = torch.full((len(rows), length), self.llm.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for b, r in enumerate(rows):  # left padding, as a batched prefill
-            ids[b, length - len(r.ids) :] = torch.tensor(r.ids, dtype=torch.long)
-            mask[b, length - len(r.ids) :] = 1
+        ids, mask = left_pad([r.ids for r in rows], self.llm.tokenizer.pad_token_id)  # as a batched prefill
+        length = ids.shape[1]
         images = [f for r in rows for f in r.images]
         videos = [f for r in rows for f in r.videos]
         grids = {
@@ -181,9 +178,8 @@ class Pooler:
         return scores
 
 
-def embed_outputs(rows: list[Row], vectors: list[torch.Tensor], first_id: int) -> list[EmbeddingRequestOutput]:
-    return [EmbeddingRequestOutput(str(first_id + i), r.ids, EmbeddingOutput(v.tolist()))
-            for i, (r, v) in enumerate(zip(rows, vectors))]
+def embed_outputs(rows: list[Row], vectors: list[torch.Tensor], ids: list[str]) -> list[EmbeddingRequestOutput]:
+    return [EmbeddingRequestOutput(i, r.ids, EmbeddingOutput(v.tolist())) for i, r, v in zip(ids, rows, vectors)]
 
 
 def as_prompt_list(prompts: Any) -> list:

@@ -45,11 +45,18 @@ def _json(text: str) -> Any:
         raise ValueError("nested too deeply") from None
 
 
+def function_of(tool: Any) -> dict:
+    """The function definition of an OpenAI tool ({"type": "function", "function": {...}}, or the bare
+    definition); {} when it is neither."""
+    function = tool.get("function", tool) if isinstance(tool, dict) else None
+    return function if isinstance(function, dict) else {}
+
+
 def _schema_types(tools: list[dict] | None, name: str, key: str) -> list[str] | None:
     """The JSON types the schema of tool `name` allows for argument `key`; None when it does not say."""
     for tool in tools or ():
-        function = tool.get("function", tool) if isinstance(tool, dict) else None
-        if isinstance(function, dict) and function.get("name") == name:
+        function = function_of(tool)
+        if function.get("name") == name:
             parameters = function.get("parameters")
             properties = parameters.get("properties") if isinstance(parameters, dict) else None
             schema = properties.get(key) if isinstance(properties, dict) else None

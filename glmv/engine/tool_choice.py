@@ -26,6 +26,7 @@ from typing import Any
 
 from glmv.engine.guided import JSON_LAYOUT
 from glmv.engine.sampling import SamplingParams
+from glmv.engine.tool_calls import function_of
 from glmv.errors import InputError
 
 TAGS = ("<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>", "<arg_value>", "</arg_value>")
@@ -54,7 +55,7 @@ def plan_tools(tools: list[dict] | None, tool_choice: str | dict | None, added_t
         return tools, None
     if choice == "required":
         return tools, tool_call_grammar(tools, added_tokens, at_least_one=True)
-    named = [t for t in tools if _function(t).get("name") == name]
+    named = [t for t in tools if function_of(t).get("name") == name]
     if not named:
         raise InputError(f"tool_choice names the function {name!r}, which is not in 'tools'")
     return named[:1], tool_call_grammar(named[:1], added_tokens, at_least_one=False)
@@ -66,7 +67,7 @@ def tool_call_grammar(tools: list[dict], added_tokens: set[str] = frozenset(), a
     tag = {t: t if t in added_tokens else _literal(t) for t in TAGS}
     rules, calls = [], []
     for i, tool in enumerate(tools):
-        function = _function(tool)
+        function = function_of(tool)
         name = function.get("name")
         if not isinstance(name, str) or not name:
             raise InputError(f"tool {i} has no function name")
@@ -90,11 +91,6 @@ def tool_call_grammar(tools: list[dict], added_tokens: set[str] = frozenset(), a
     call = " | ".join(calls)
     start = f"start: call (\"\\n\"? call)*" if at_least_one else "start: call"
     return "\n".join([start, f"call: {call}", *rules])
-
-
-def _function(tool: dict) -> dict:
-    function = tool.get("function", tool) if isinstance(tool, dict) else None
-    return function if isinstance(function, dict) else {}
 
 
 def _literal(text: str) -> str:

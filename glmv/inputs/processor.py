@@ -178,14 +178,8 @@ class Processor:
 
     def _collate(self, rows: list[tuple[list[int], list[int]]], images: list[ImageFeatures],
                  videos: list[VideoFeatures]) -> dict[str, torch.Tensor | None]:
-        length = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        mm_types = torch.zeros((len(rows), length), dtype=torch.long)
-        for b, (ids, types) in enumerate(rows):  # left padding: generation continues at the right edge
-            input_ids[b, length - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[b, length - len(ids):] = 1
-            mm_types[b, length - len(ids):] = torch.tensor(types, dtype=torch.long)
+        input_ids, attention_mask = left_pad([ids for ids, _ in rows], self.tokenizer.pad_token_id)
+        mm_types, _ = left_pad([types for _, types in rows], 0)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -195,6 +189,18 @@ class Processor:
             "pixel_values_videos": torch.cat([f.pixel_values for f in videos]) if videos else None,
             "video_grid_thw": torch.tensor([f.grid_thw for f in videos], dtype=torch.long) if videos else None,
         }
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids -> (ids [B, L], attention mask [B, L]), left-padded with `pad`: generation (and last-token
+    pooling) continues at the right edge."""
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, length - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[b, length - len(r):] = 1
+    return ids, mask
 
 
 def _escape_content(message: dict, escape: Callable[[str], str]) -> dict:

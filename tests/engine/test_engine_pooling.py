@@ -113,3 +113,13 @@ def test_eval_prints_retrieval_recall(path, tmp_path, capsys):
     assert "recall@1 by embedding" in capsys.readouterr().out
     assert set(json.loads(out.read_text())["retrieval"]) >= {"embed_recall_at_1", "score_recall_at_1"}
     assert main(["eval", "--endpoint", "http://127.0.0.1:9", "--retrieval", "1"]) == 1
+
+
+def test_request_ids_are_never_reused(llm):
+    from glmv import SamplingParams
+
+    chat_id = llm.chat([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=1))[0].request_id
+    embed_ids = [o.request_id for o in llm.embed(["a", "b"])]
+    score_ids = [o.request_id for o in llm.score("q", ["a", "b"])]
+    ids = [chat_id, *embed_ids, *score_ids]
+    assert len(set(ids)) == len(ids)
