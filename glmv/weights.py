@@ -9,7 +9,9 @@ disk straight into its final place, so loading never holds a second copy of the 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,11 +21,15 @@ from tqdm.auto import tqdm
 from glmv.config import GlmvConfig, TextConfig
 from glmv.errors import CheckpointError, ConfigError
 from glmv.model.glm4v import GlmvForConditionalGeneration
-from glmv.model.moe import Router
+from glmv.model.moe import Experts, Router
+from glmv.quant.modules import QuantWeight, quantize_modules
+from glmv.quant.scheme import CheckpointQuantization, WeightQuant, parse_quantization
 from glmv.safetensors_file import TensorEntry, read_header, read_into
 
 PREFIXES = [("model.visual.", "visual."), ("model.language_model.", "language_model."), ("lm_head.", "lm_head.")]
 LEGACY_PREFIXES = [("visual.", "visual."), ("model.", "language_model.")]  # transformers < 4.52 naming
+QUANT_EXPERT = re.compile(r"(.*\.experts)\.(gate_proj|up_proj|down_proj)\.(\w+)$")
+QUANT_DATA = (torch.int8, torch.int32, torch.float8_e4m3fn)  # stored bits that load only from identical bits
 
 
 def engine_name(key: str) -> str | None:
@@ -46,7 +52,12 @@ def checkpoint_tensors(model: GlmvForConditionalGeneration) -> dict[str, torch.T
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
     inter = model.config.text.moe_intermediate_size
     for name, t in tensors.items():
-        if name.endswith(".experts.gate_up_proj") or name.endswith(".experts.down_proj"):
+        quantised_expert = QUANT_EXPERT.match(name)
+        if quantised_expert:  # QuantExperts: one stack per projection, suffixes as the checkpoint names them
+            base, proj, suffix = quantised_expert.groups()
+            for e in range(t.shape[0]):
+                out[f"{checkpoint_name(base)}.{e}.{proj}.{suffix}"] = t[e]
+        elif name.endswith(".experts.gate_up_proj") or name.endswith(".experts.down_proj"):
             base = checkpoint_name(name.rsplit(".", 1)[0])
             for e in range(t.shape[0]):
                 if name.endswith("gate_up_proj"):
@@ -129,15 +140,65 @@ def _check_fits(config: GlmvConfig, files: list[Path]) -> None:
         )
 
 
-def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device) -> GlmvForConditionalGeneration:
-    """The model with uninitialised storage on `device` (every tensor is overwritten by the loader)."""
+def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device,
+                 quant: CheckpointQuantization | None = None, entries: dict[str, TensorEntry] | None = None,
+                 offload_experts: Sequence[int] = ()) -> GlmvForConditionalGeneration:
+    """The model with uninitialised storage on `device` (every tensor is overwritten by the loader); the modules
+    a quantised checkpoint stores quantised keep their weights so (swapped in after the dtype cast, which would
+    upcast them), and the routed experts of the `offload_experts` layers are placed in host RAM, where they
+    compute (never allocated on `device`)."""
     with torch.device("meta"):
         model = GlmvForConditionalGeneration(config).to(dtype)
-    model.to_empty(device=device)
+        if quant is not None:
+            quantize_modules(model, _quantised_modules(model, quant, entries or {}))
+    host = tuple(_offloaded_experts(model, offload_experts))
+    for name, module in model.named_modules():
+        on_host = name in host or name.startswith(tuple(h + "." for h in host))
+        module.to_empty(device=torch.device("cpu") if on_host else device, recurse=False)
     for module in model.modules():
         if isinstance(module, Router):  # the selection bias stays fp32 whatever the model dtype
             module.e_score_correction_bias = torch.empty(module.weight.shape[0], dtype=torch.float32, device=device)
     return model
+
+
+def _offloaded_experts(model: GlmvForConditionalGeneration, layers: Sequence[int]) -> list[str]:
+    """Module names of the routed experts of decoder `layers`; ConfigError for a layer without routed experts."""
+    decoder = model.language_model.layers
+    for i in layers:
+        if not 0 <= i < len(decoder) or not isinstance(getattr(decoder[i].mlp, "experts", None), Experts):
+            moe = [j for j, layer in enumerate(decoder) if isinstance(getattr(layer.mlp, "experts", None), Experts)]
+            raise ConfigError(f"offload_experts: decoder layer {i} has no routed experts; the MoE layers of this "
+                              f"model are {moe[0]}..{moe[-1]}" if moe else "this model has no routed experts")
+    return [f"language_model.layers.{i}.mlp.experts" for i in layers]
+
+
+def _quantised_modules(model: GlmvForConditionalGeneration, quant: CheckpointQuantization,
+                       entries: dict[str, TensorEntry]) -> dict[str, tuple[WeightQuant, torch.dtype]]:
+    """Model modules (by glmv name) that the checkpoint stores quantised, with their scheme and scale dtype.
+    The files decide (a module is quantised when its scale or packed weight is there), the config names the
+    scheme: an `ignore` list written with another runtime's module names (vLLM's, for the ViT of GLM-4.5V-FP8)
+    must not turn a bf16 weight into a quantised one."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, Experts):
+            probe = f"{checkpoint_name(name)}.0.gate_proj"  # every expert is stored alike (checked by the match)
+        elif isinstance(module, torch.nn.Linear):
+            probe = checkpoint_name(name)
+        else:
+            continue
+        stored = [f"{probe}.{s}" for s in ("weight_scale", "weight_scale_inv", "weight_packed") if f"{probe}.{s}" in entries]
+        if not stored:
+            continue
+        wq = quant.scheme_for(probe)
+        if wq is None:
+            raise CheckpointError(f"{stored[0]}: the checkpoint stores {probe} quantised, but config.json's "
+                                  "quantization_config does not target it (or ignores it): correct its targets / ignore")
+        scale = entries.get(f"{probe}.{wq.scale_name}")
+        if scale is None:
+            raise CheckpointError(f"{probe}: quantization_config expects {wq.scale_name}, the checkpoint has "
+                                  f"{', '.join(s.rsplit('.', 1)[1] for s in stored)}")
+        found[name] = (wq, scale.dtype)
+    return found
 
 
 def _is_mtp_layer(config: TextConfig, key: str) -> bool:
@@ -155,15 +216,23 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _match(
     config: GlmvConfig, model: GlmvForConditionalGeneration, shards: list[tuple[Path, list[TensorEntry]]]
-) -> tuple[list[tuple[Path, TensorEntry, torch.Tensor]], dict[str, list[str]]]:
-    """(what to read into which tensor, problems by kind) from the shard headers alone, before reading a byte."""
+) -> tuple[list[tuple[Path, TensorEntry, torch.Tensor]], list[tuple[Path, TensorEntry]], dict[str, list[str]]]:
+    """(what to read into which tensor, packed-weight shapes to check, problems by kind) from the shard headers
+    alone, before reading a byte."""
     tensors = checkpoint_tensors(model)
     plan: list[tuple[Path, TensorEntry, torch.Tensor]] = []
+    checks: list[tuple[Path, TensorEntry]] = []
     found: set[str] = set()
     problems: dict[str, list[str]] = {"missing": [], "unexpected": [], "shape mismatch": [], "dtype mismatch": []}
     for file, entries in shards:
         for entry in entries:
             if _is_mtp_layer(config.text, entry.name):
+                continue
+            suffix = entry.name.rsplit(".", 1)[-1]
+            if suffix == "input_scale" and entry.name.rsplit(".", 1)[0] + ".weight_scale" in tensors:
+                continue  # FP8 activation scales: glmv runs activations unquantised (weight-only)
+            if suffix == "weight_shape" and entry.name.rsplit(".", 1)[0] + ".weight_packed" in tensors:
+                checks.append((file, entry))  # the packed weight's true shape: compared once read
                 continue
             target = _target(model, tensors, entry.name)
             if target is None:
@@ -171,11 +240,14 @@ def _match(
                 continue
             names, tensor = target
             found.update(names)  # a mis-shaped or mis-typed tensor is reported as such, not also as missing
-            if tuple(tensor.shape) != entry.shape:
+            if tuple(tensor.shape) != entry.shape and not tensor.numel() == 1 == math.prod(entry.shape):
                 shapes = f"checkpoint {list(entry.shape)}, model {list(tensor.shape)}"
                 problems["shape mismatch"].append(f"{entry.name}: {shapes}")
-            elif tensor.dtype.is_floating_point and not entry.dtype.is_floating_point:
-                # Integer or bool data cast to float would load silently as meaningless weights.
+            elif (tensor.dtype.is_floating_point and not entry.dtype.is_floating_point) or (
+                (tensor.dtype in QUANT_DATA or entry.dtype in QUANT_DATA) and tensor.dtype != entry.dtype
+            ):
+                # Integer or bool data cast to float would load silently as meaningless weights, and so would an
+                # fp8 weight without its scale, or quantised bits converted to another integer type.
                 problems["dtype mismatch"].append(
                     f"{entry.name}: checkpoint {_dtype_name(entry.dtype)}, model {_dtype_name(tensor.dtype)}"
                 )
@@ -184,7 +256,29 @@ def _match(
     problems["missing"] = [k for k in tensors if k not in found]
     if config.tie_word_embeddings:
         problems["missing"] = [k for k in problems["missing"] if k != "lm_head.weight"]
-    return plan, problems
+    return plan, checks, problems
+
+
+def _check_packed_shapes(model: GlmvForConditionalGeneration, checks: list[tuple[Path, TensorEntry]]) -> None:
+    """CheckpointError unless each packed weight's stored `weight_shape` is the [out, in] the model expects
+    (packing rounds the column count up to whole int32 words, so the packed tensor's shape cannot say)."""
+    shapes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QuantWeight):
+            base = checkpoint_name(name)
+            if QUANT_EXPERT.match(name + ".x"):  # a stack: expert e is stored as <experts>.e.<proj>
+                experts, proj = name.rsplit(".", 1)
+                shapes.update({f"{checkpoint_name(experts)}.{e}.{proj}": module for e in range(module.num_stacked)})
+            else:
+                shapes[base] = module
+    for file, entry in checks:
+        module = shapes[entry.name.rsplit(".", 1)[0]]
+        stored = torch.empty(entry.shape, dtype=entry.dtype)
+        with open(file, "rb") as f:
+            read_into(f, entry, stored)
+        if stored.tolist() != [module.out_features, module.in_features]:
+            raise CheckpointError(f"{entry.name} is {stored.tolist()}, the model expects "
+                                  f"{[module.out_features, module.in_features]}: the checkpoint does not match config.json")
 
 
 def _raise_problems(path: Path, problems: dict[str, list[str]]) -> None:
@@ -203,11 +297,15 @@ def _raise_problems(path: Path, problems: dict[str, list[str]]) -> None:
 
 
 def load_model(
-    path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu", progress: bool = True
+    path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu", progress: bool = True,
+    offload_experts: Sequence[int] = (),
 ) -> GlmvForConditionalGeneration:
     """Load a GLM-V checkpoint directory into a glmv model in eval mode.
 
     dtype: torch dtype or its name ("bfloat16"); None keeps the checkpoint's dtype (config.json "dtype").
+    offload_experts: decoder layers whose routed experts stay in host RAM and compute there (the memory
+    planner picks them when the experts do not fit the device). Quantised checkpoints (compressed-tensors, block
+    FP8) keep their weights quantised: do not `.to(dtype)` the loaded model, pass `dtype` here.
     Raises ConfigError for a bad config.json (including one that describes more weights than the files hold) and
     CheckpointError for missing/corrupt/mismatched weights (all missing, unexpected, mis-shaped and mis-typed
     tensors are listed together).
@@ -226,9 +324,12 @@ def load_model(
     shards = [(f, read_header(f)) for f in files]  # validates every file before any work
     _check_fits(config, files)
 
-    model = _materialize(config, dtype, device)
-    plan, problems = _match(config, model, shards)
+    quant = parse_quantization(config.raw)
+    entries = {e.name: e for _, es in shards for e in es}
+    model = _materialize(config, dtype, device, quant, entries, offload_experts)
+    plan, checks, problems = _match(config, model, shards)
     _raise_problems(path, problems)
+    _check_packed_shapes(model, checks)
 
     total = sum(e.nbytes for _, e, _ in plan)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="Loading weights", disable=None if progress else True)

@@ -32,13 +32,14 @@ class GlmvForConditionalGeneration(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.language_model.embed_tokens.weight
 
+    # the embedding table: never quantised (a quantised lm_head has no float `weight`)
     @property
     def dtype(self) -> torch.dtype:
-        return self.lm_head.weight.dtype
+        return self.language_model.embed_tokens.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.lm_head.weight.device
+        return self.language_model.embed_tokens.weight.device
 
     # --- vision -------------------------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:

@@ -5,6 +5,8 @@ stacked expert weights and tokens grouped per expert.
 from __future__ import annotations
 
 import functools
+import itertools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,14 +58,18 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x [T, H], weights/ids [T, k] -> [T, H]: the (token, slot) pairs sorted by expert, each expert's run
-        through its weights, weighted and summed back per token."""
+        through its weights, weighted and summed back per token. Experts whose weights live on another device
+        than x (routed experts offloaded to host RAM) compute there: only rows and routing travel."""
+        home = next(itertools.chain(self.parameters(), self.buffers())).device
+        if x.device != home:
+            return self(x.to(home), weights.to(home), ids.to(home)).to(x.device, x.dtype)
         k = ids.shape[1]
         flat = ids.flatten()  # [T*k] (token-major)
         order = flat.argsort(stable=True)
-        counts = torch.bincount(flat, minlength=self.gate_up_proj.shape[0])
+        counts = torch.bincount(flat, minlength=self.num_experts)
         tokens = order // k  # token of each sorted (token, slot) pair
         xs = x[tokens]  # [T*k, H] grouped by expert: one contiguous run per expert
-        if _grouped_mm_fits(x, self.gate_up_proj, self.down_proj):
+        if self.grouped_fits(x):
             out = self._grouped(xs, counts)
         else:
             out = self._looped(xs, counts)
@@ -77,19 +83,31 @@ class Experts(nn.Module):
         gate, up = torch._grouped_mm(xs, self.gate_up_proj.transpose(1, 2), offs=offs).chunk(2, dim=-1)
         return torch._grouped_mm(self.act(gate) * up, self.down_proj.transpose(1, 2), offs=offs)
 
+    @property
+    def num_experts(self) -> int:
+        return self.gate_up_proj.shape[0]
+
+    def grouped_fits(self, x: torch.Tensor) -> bool:
+        return _grouped_mm_fits(x, self.gate_up_proj, self.down_proj)
+
     def _looped(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """A Python loop over the experts that received tokens (the run lengths are read on the host): the
         training path."""
         # unbind once: indexing the stacked parameter per expert would make autograd allocate (and zero) a
         # full-size gradient for every expert; unbind's backward assembles them in one tensor
         gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
-        outs = []
-        for e, chunk in enumerate(xs.split(counts.tolist())):
-            if chunk.shape[0]:  # experts that received no token cost nothing
-                gate, up = F.linear(chunk, gate_up[e]).chunk(2, dim=-1)
-                outs.append(F.linear(self.act(gate) * up, down[e]))
-        # cat (not writes into a preallocated buffer) keeps the backward pass free of full-size zero fills
-        return torch.cat(outs)
+
+        def mlp(e: int, chunk: torch.Tensor) -> torch.Tensor:
+            gate, up = F.linear(chunk, gate_up[e]).chunk(2, dim=-1)
+            return F.linear(self.act(gate) * up, down[e])
+
+        return per_expert(xs, counts, mlp)
+
+
+def per_expert(xs: torch.Tensor, counts: torch.Tensor, mlp: Callable[[int, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """`mlp(e, rows)` over each expert's run of the expert-sorted rows `xs`; experts with no rows cost nothing."""
+    # cat (not writes into a preallocated buffer) keeps the backward pass free of full-size zero fills
+    return torch.cat([mlp(e, chunk) for e, chunk in enumerate(xs.split(counts.tolist())) if chunk.shape[0]])
 
 
 def _grouped_mm_fits(x: torch.Tensor, *weights: torch.Tensor) -> bool:
