@@ -8,6 +8,7 @@ no mmap pages, no second copy of the model in memory.
 from __future__ import annotations
 
 import json
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,3 +88,18 @@ def read_into(f, entry: TensorEntry, out: torch.Tensor) -> None:
         raise CheckpointError(f"{f.name}: unexpected end of file while reading {entry.name!r}")
     if not direct:
         out.copy_(buf)
+
+
+def map_file(path: Path) -> mmap.mmap:
+    """A copy-on-write map of the whole file: tensors made from it are file-backed pages, read on first touch and
+    evictable under memory pressure (never written back to the file)."""
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
+
+def mapped_tensor(mapped: mmap.mmap, entry: TensorEntry) -> torch.Tensor:
+    """The entry's tensor over the file map, no copy (the tensor keeps the map alive)."""
+    if not entry.nbytes:
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    return torch.frombuffer(mapped, dtype=entry.dtype, count=entry.nbytes // entry.dtype.itemsize,
+                            offset=entry.start).view(entry.shape)

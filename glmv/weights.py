@@ -23,8 +23,9 @@ from glmv.errors import CheckpointError, ConfigError
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model.moe import Experts, Router
 from glmv.quant.modules import QuantWeight, quantize_modules
+from glmv.quant.on_load import QuantizeOnLoad, schemes_for
 from glmv.quant.scheme import CheckpointQuantization, WeightQuant, parse_quantization
-from glmv.safetensors_file import TensorEntry, read_header, read_into
+from glmv.safetensors_file import TensorEntry, map_file, mapped_tensor, read_header, read_into
 
 PREFIXES = [("model.visual.", "visual."), ("model.language_model.", "language_model."), ("lm_head.", "lm_head.")]
 LEGACY_PREFIXES = [("visual.", "visual."), ("model.", "language_model.")]  # transformers < 4.52 naming
@@ -46,10 +47,21 @@ def checkpoint_name(name: str) -> str:
     return name
 
 
-def checkpoint_tensors(model: GlmvForConditionalGeneration) -> dict[str, torch.Tensor]:
-    """The model's tensors under their checkpoint names, stacked experts split per expert (views, no copies)."""
-    out: dict[str, torch.Tensor] = {}
+def checkpoint_tensors(model: GlmvForConditionalGeneration) -> dict[str, torch.Tensor | QuantizeOnLoad]:
+    """The model's tensors under their checkpoint names, stacked experts split per expert (views, no copies);
+    a weight to be quantised as it loads is a QuantizeOnLoad under the float weight's name."""
+    out: dict[str, torch.Tensor | QuantizeOnLoad] = {}
+    on_load = {name: m for name, m in model.named_modules() if isinstance(m, QuantWeight) and m.from_float}
+    for name, module in on_load.items():
+        if module.num_stacked:  # <experts>.<proj> holds <experts>.<e>.<proj>.weight for every expert e
+            experts, proj = name.rsplit(".", 1)
+            for e in range(module.num_stacked):
+                out[f"{checkpoint_name(experts)}.{e}.{proj}.weight"] = QuantizeOnLoad(module, e, model.dtype)
+        else:
+            out[f"{checkpoint_name(name)}.weight"] = QuantizeOnLoad(module, None, model.dtype)
     tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    stored = {f"{n}.{b}" for n, m in on_load.items() for b in (m.wq.data_name, m.wq.scale_name)}
+    tensors = {k: v for k, v in tensors.items() if k not in stored}
     inter = model.config.text.moe_intermediate_size
     for name, t in tensors.items():
         quantised_expert = QUANT_EXPERT.match(name)
@@ -142,15 +154,20 @@ def _check_fits(config: GlmvConfig, files: list[Path]) -> None:
 
 def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device,
                  quant: CheckpointQuantization | None = None, entries: dict[str, TensorEntry] | None = None,
-                 offload_experts: Sequence[int] = ()) -> GlmvForConditionalGeneration:
+                 offload_experts: Sequence[int] = (), quantize: str | dict[str, str] | None = None,
+                 ) -> GlmvForConditionalGeneration:
     """The model with uninitialised storage on `device` (every tensor is overwritten by the loader); the modules
     a quantised checkpoint stores quantised keep their weights so (swapped in after the dtype cast, which would
-    upcast them), and the routed experts of the `offload_experts` layers are placed in host RAM, where they
-    compute (never allocated on `device`)."""
+    upcast them) or are to be quantised as they load (`quantize`), and the routed experts of the
+    `offload_experts` layers are placed in host RAM, where they compute (never allocated on `device`)."""
     with torch.device("meta"):
         model = GlmvForConditionalGeneration(config).to(dtype)
         if quant is not None:
             quantize_modules(model, _quantised_modules(model, quant, entries or {}))
+        if quantize:
+            if quant is not None:
+                raise CheckpointError("this checkpoint is already quantised: load it without `quantize`")
+            quantize_modules(model, schemes_for(model, quantize, dtype), from_float=True)
     host = tuple(_offloaded_experts(model, offload_experts))
     for name, module in model.named_modules():
         on_host = name in host or name.startswith(tuple(h + "." for h in host))
@@ -259,6 +276,13 @@ def _match(
     return plan, checks, problems
 
 
+def _mappable(entry: TensorEntry, tensor: torch.Tensor | QuantizeOnLoad) -> bool:
+    """Whether a model tensor can become the file's bytes as they are: a whole tensor (not a slice of stacked
+    experts) of the stored dtype and shape."""
+    return (isinstance(tensor, torch.Tensor) and tensor._base is None and tensor.dtype == entry.dtype
+            and tuple(tensor.shape) == entry.shape)
+
+
 def _check_packed_shapes(model: GlmvForConditionalGeneration, checks: list[tuple[Path, TensorEntry]]) -> None:
     """CheckpointError unless each packed weight's stored `weight_shape` is the [out, in] the model expects
     (packing rounds the column count up to whole int32 words, so the packed tensor's shape cannot say)."""
@@ -298,7 +322,7 @@ def _raise_problems(path: Path, problems: dict[str, list[str]]) -> None:
 
 def load_model(
     path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu", progress: bool = True,
-    offload_experts: Sequence[int] = (),
+    offload_experts: Sequence[int] = (), quantize: str | dict[str, str] | None = None, mmap: bool = False,
 ) -> GlmvForConditionalGeneration:
     """Load a GLM-V checkpoint directory into a glmv model in eval mode.
 
@@ -306,6 +330,12 @@ def load_model(
     offload_experts: decoder layers whose routed experts stay in host RAM and compute there (the memory
     planner picks them when the experts do not fit the device). Quantised checkpoints (compressed-tensors, block
     FP8) keep their weights quantised: do not `.to(dtype)` the loaded model, pass `dtype` here.
+    quantize: hold a float checkpoint's decoder linears quantised, quantising each weight as it is read: "fp8",
+    "int8" or "int4" for all of them, or a format per component ({"routed_experts": "int4", "attention": "int8"},
+    the memory planner's `formats`). Needs the compressed-tensors library (glmv[quant]).
+    mmap: on CPU, tensors stored in the model's dtype are memory-mapped from the files instead of read (pages
+    load on first use and the kernel may drop them again: weights larger than RAM still run, slowly); stacked
+    routed experts, converted dtypes and quantise-on-load weights are still read into memory.
     Raises ConfigError for a bad config.json (including one that describes more weights than the files hold) and
     CheckpointError for missing/corrupt/mismatched weights (all missing, unexpected, mis-shaped and mis-typed
     tensors are listed together).
@@ -326,7 +356,7 @@ def load_model(
 
     quant = parse_quantization(config.raw)
     entries = {e.name: e for _, es in shards for e in es}
-    model = _materialize(config, dtype, device, quant, entries, offload_experts)
+    model = _materialize(config, dtype, device, quant, entries, offload_experts, quantize)
     plan, checks, problems = _match(config, model, shards)
     _raise_problems(path, problems)
     _check_packed_shapes(model, checks)
@@ -335,9 +365,17 @@ def load_model(
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="Loading weights", disable=None if progress else True)
     with torch.no_grad(), bar:
         for file in dict.fromkeys(f for f, _, _ in plan):
+            mapped = map_file(file) if mmap and device.type == "cpu" else None
             with open(file, "rb") as f:
                 for _, entry, tensor in (p for p in plan if p[0] == file):
-                    read_into(f, entry, tensor)
+                    if mapped is not None and _mappable(entry, tensor):
+                        tensor.data = mapped_tensor(mapped, entry)  # the empty storage is freed untouched
+                    elif isinstance(tensor, QuantizeOnLoad):
+                        weight = torch.empty(entry.shape, dtype=entry.dtype)
+                        read_into(f, entry, weight)
+                        tensor.copy_(weight)
+                    else:
+                        read_into(f, entry, tensor)
                     bar.update(entry.nbytes)
     return model.eval()
 

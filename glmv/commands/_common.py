@@ -16,6 +16,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-memory", default=None, metavar="SIZE",
                    help="paged KV cache size, allocated once, e.g. 2GiB or 512MB (default: on CPU room for 16 "
                         "full-context sequences, at most 1 GiB; on GPU half the free memory)")
+    p.add_argument("--memory", default=None, metavar="SIZE|auto",
+                   help="fit the model into this much device memory (e.g. 80GiB; auto: what is free) by the plan "
+                        "`glmv plan` prints: quantised as it loads, routed experts offloaded to CPU RAM, or "
+                        "memory-mapped (default: load the checkpoint as it is)")
+    p.add_argument("--cpu-memory", default=None, metavar="SIZE",
+                   help="host RAM the plan may use for offloaded experts (default: this machine's)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block (default 16)")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="tokens one engine step computes at most; longer prompts are prefilled in chunks between "
@@ -40,7 +46,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
             raise InputError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     return {"kv_cache_memory": args.kv_cache_memory, "block_size": args.block_size,
-            "max_num_batched_tokens": args.max_num_batched_tokens, "attention_backend": args.attention_backend}
+            "max_num_batched_tokens": args.max_num_batched_tokens, "attention_backend": args.attention_backend,
+            "memory": args.memory, "cpu_memory": args.cpu_memory}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

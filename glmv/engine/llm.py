@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ from glmv.inputs.processor import Processor
 from glmv.inputs.video import VideoFeatures
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model_path import resolve_model_path
+from glmv.plan import plan_for_checkpoint
 from glmv.weights import load_model
 
 GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "repetition_penalty")
@@ -105,19 +106,30 @@ class LLM:
     def __init__(self, model: str | Path | None = None, dtype: torch.dtype | str | None = None,
                  device: str | torch.device = "cpu", limits: MediaLimits | None = None,
                  max_model_len: int | None = None, progress: bool = True, kv_cache_memory: int | str | None = None,
-                 block_size: int = 16, max_num_batched_tokens: int = 2048, attention_backend: str = "sdpa"):
+                 block_size: int = 16, max_num_batched_tokens: int = 2048, attention_backend: str = "sdpa",
+                 memory: int | str | None = None, cpu_memory: int | str | None = None):
         """`kv_cache_memory`: bytes (or "2GiB", "512MB") of paged KV cache, allocated once (default: on CPU room for
         16 full-context sequences, at most 1 GiB; on GPU half the free memory); `block_size`: tokens per KV block;
         `max_num_batched_tokens`: tokens one step computes at most (longer prompts are prefilled in chunks between
         decode steps); `attention_backend`: "sdpa" (gather + SDPA) or "flex" (FlexAttention over the pool in place;
-        glmv/engine/paged_kv.py)."""
+        glmv/engine/paged_kv.py); `memory`: bytes (or "80GiB", or "auto": what the device has free) the model
+        must fit, as planned by glmv.plan (quantised as it loads, routed experts offloaded to `cpu_memory` of host
+        RAM, or memory-mapped: whatever the plan says; logged at INFO) with a KV cache of one full context unless
+        `kv_cache_memory` says otherwise."""
         engine = EngineConfig(block_size, parse_memory(kv_cache_memory), max_num_batched_tokens=max_num_batched_tokens,
                               attention_backend=attention_backend)
         device = resolve_device(device)  # "auto", or one this machine has: a clear error before any loading
         path = resolve_model_path(model)
-        if dtype is None and device.type == "cpu":
+        load = {}
+        if memory is not None:
+            plan = plan_for_checkpoint(path, str(device), memory, cpu_memory, max_model_len)
+            load = plan.load_kwargs()
+            dtype = dtype or load.pop("dtype")
+            engine = replace(engine, kv_cache_memory=engine.kv_cache_memory or plan.kv_bytes)
+        elif dtype is None and device.type == "cpu":
             dtype = torch.float32  # CPUs compute bf16 slowly and coarsely: upcast, as llama.cpp/Ollama do
-        self._setup(path, load_model(path, dtype=dtype, device=device, progress=progress),
+        load.pop("dtype", None)
+        self._setup(path, load_model(path, dtype=dtype, device=device, progress=progress, **load),
                     Processor.from_pretrained(path, limits), max_model_len, engine)
 
     @classmethod

@@ -24,6 +24,7 @@ class QuantWeight(nn.Module):
         super().__init__()
         self.wq, self.in_features, self.out_features = wq, in_features, out_features
         self.num_stacked = experts or 0
+        self.from_float = False  # filled by quantising a float checkpoint's weight as it loads (quant/on_load.py)
         lead = () if experts is None else (experts,)
         data_dtype = torch.int32 if wq.packed else (torch.float8_e4m3fn if wq.kind == "float" else torch.int8)
         self.register_buffer(wq.data_name, torch.empty(*lead, *wq.data_shape(out_features, in_features), dtype=data_dtype))
@@ -93,16 +94,22 @@ class QuantExperts(Experts):
         return per_expert(xs, counts, mlp)
 
 
-def quantize_modules(model: nn.Module, schemes: dict[str, tuple[WeightQuant, torch.dtype]]) -> None:
+def quantize_modules(model: nn.Module, schemes: dict[str, tuple[WeightQuant, torch.dtype]],
+                     from_float: bool = False) -> None:
     """Replace the named nn.Linear / Experts modules of `model` (built on the meta device) by their quantised
-    counterparts, with storage shaped for the given (scheme, scale dtype)."""
+    counterparts, with storage shaped for the given (scheme, scale dtype). `from_float`: the checkpoint holds
+    these weights in float, to be quantised as they load."""
     for name, (wq, scale_dtype) in schemes.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         module = getattr(parent, child)
         if isinstance(module, Experts):
-            setattr(parent, child, QuantExperts(module, wq, scale_dtype))
+            new = QuantExperts(module, wq, scale_dtype)
         elif isinstance(module, nn.Linear):
-            setattr(parent, child, QuantLinear(module, wq, scale_dtype))
+            new = QuantLinear(module, wq, scale_dtype)
         else:
             raise TypeError(f"{name} is a {type(module).__name__}, not a linear or experts module")
+        for weight in new.modules():
+            if isinstance(weight, QuantWeight):
+                weight.from_float = from_float
+        setattr(parent, child, new)

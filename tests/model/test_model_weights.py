@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -161,3 +162,32 @@ def test_peak_memory_of_load_is_close_to_model_size(tmp_path):
     size, growth = map(int, out.stdout.split())
     assert size > 100e6
     assert growth <= 1.3 * size, f"peak RSS grew by {growth / size:.2f}x the model size"
+
+
+def _mapped_files(ptr: int) -> set[str]:
+    """Files whose mapping in this process contains address `ptr` (Linux /proc/self/maps)."""
+    out = set()
+    for line in open("/proc/self/maps"):
+        fields = line.split()
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= ptr < hi and len(fields) > 5:
+            out.add(fields[5])
+    return out
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_mmap_loading_maps_the_files_and_computes_the_same(tmp_path):
+    """load_model(mmap=True): tensors stored in the model's dtype are pages of the checkpoint file, not copies
+    (what lets weights larger than RAM run on CPU); stacked experts are read. Same logits."""
+    from glmv.testing.tiny_checkpoint import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(tmp_path / "m", "glm4v_moe")
+    read, mapped = glmv.load_model(path, progress=False), glmv.load_model(path, progress=False, mmap=True)
+    file = str((path / "model.safetensors").resolve())
+    assert file in _mapped_files(mapped.language_model.embed_tokens.weight.data_ptr())
+    assert file not in _mapped_files(read.language_model.embed_tokens.weight.data_ptr())
+    experts = mapped.language_model.layers[1].mlp.experts.gate_up_proj
+    assert file not in _mapped_files(experts.data_ptr())
+    ids = torch.randint(0, 100, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(mapped(ids).logits, read(ids).logits)

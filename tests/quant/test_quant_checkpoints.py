@@ -294,3 +294,26 @@ def test_offloaded_experts_compute_on_the_host_with_the_same_numerics(tiny, tmp_
     assert torch.equal(_logits(offloaded), _logits(whole))
     with pytest.raises(ConfigError, match="no routed experts"):
         load_model(src, progress=False, offload_experts=[0])
+
+
+@pytest.mark.parametrize("formats", ["int8", {"routed_experts": "int4", "attention": "fp8", "shared_experts": "int8"}])
+def test_quantising_while_loading_equals_loading_what_convert_wrote(tiny, tmp_path, formats):
+    """load_model(quantize=...) (what `--memory auto` applies) holds exactly what loading a converted checkpoint
+    holds: same arithmetic, same scheme per module."""
+    from glmv.quant.on_load import schemes_for
+
+    on_load = load_model(tiny, progress=False, quantize=formats)
+    names = schemes_for(load_model(tiny, progress=False), formats, torch.float32)
+    assert {n for n, m in on_load.named_modules() if isinstance(m, (QuantLinear, QuantExperts))} == set(names)
+    if formats == "int8":
+        converted = load_model(convert(tiny, tmp_path / "q", "int8", only="all", progress=False), progress=False)
+        assert torch.equal(_logits(on_load), _logits(converted))
+    base = _logits(load_model(tiny, progress=False))
+    assert float((_logits(on_load) - base).norm() / base.norm()) < 0.1
+
+
+def test_quantise_on_load_refusals(tiny, tmp_path):
+    with pytest.raises(CheckpointError, match="not understood"):
+        load_model(tiny, progress=False, quantize={"vision": "int8"})
+    with pytest.raises(CheckpointError, match="already quantised"):
+        load_model(convert(tiny, tmp_path / "q", "int8", progress=False), progress=False, quantize="int8")
