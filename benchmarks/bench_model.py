@@ -2,8 +2,8 @@
 
     python benchmarks/bench_model.py [--threads 2] [--repeats 5]
 
-Prints seconds per forward for both and the ratio (transformers / glmv: >1 means glmv is faster), then the
-peak RSS growth while loading relative to the model's size in bytes.
+Prints seconds per forward for both and the ratio (transformers / glmv: >1 means glmv is faster), the peak RSS
+growth while loading relative to the model's size in bytes, and the first load's time in a fresh process.
 """
 
 from __future__ import annotations
@@ -75,6 +75,28 @@ def main() -> None:
     size, growth = map(int, subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True,
                                            check=True).stdout.split())
     print(f"load: model {size / 1e6:.1f} MB, peak RSS growth {growth / 1e6:.1f} MB = {growth / size:.2f}x model size")
+    print_load_times(path, args.repeats)
+
+
+LOADERS = {  # the first load in a fresh process, after the libraries are imported (their import is not the load)
+    "transformers from_pretrained": "import transformers as tf;t=time.perf_counter();"
+                                    "tf.AutoModelForImageTextToText.from_pretrained(p)",
+    "glmv load_model": "import glmv.weights as w;t=time.perf_counter();w.load_model(p,progress=False)",
+    "glmv load_model(mmap=True)": "import glmv.weights as w;t=time.perf_counter();w.load_model(p,progress=False,mmap=True)",
+}
+
+
+def print_load_times(path: str, repeats: int) -> None:
+    times = {name: [] for name in LOADERS}
+    for _ in range(repeats):  # alternate, so machine load hits every loader alike
+        for name, code in LOADERS.items():
+            script = f"import sys,time;p=sys.argv[1];{code};print(time.perf_counter()-t)"
+            out = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True, check=True)
+            times[name].append(float(out.stdout.split()[-1]))
+    base = sorted(times["transformers from_pretrained"])[repeats // 2]
+    for name, ts in times.items():
+        t = sorted(ts)[repeats // 2]
+        print(f"first load, {name:30} {t:7.3f} s  ({base / t:.2f}x transformers)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ disk straight into its final place, so loading never holds a second copy of the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -152,6 +153,34 @@ def _check_fits(config: GlmvConfig, files: list[Path]) -> None:
         )
 
 
+@contextlib.contextmanager
+def _no_init():
+    """torch.nn.init's functions as no-ops while the model is built: the loader overwrites every tensor, and on
+    the meta device their decompositions import torch._dynamo (2.5 s of a first load) for nothing. transformers
+    skips them the same way."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
+def _allocate(module: torch.nn.Module, device: torch.device, allocated: dict[int, torch.Tensor]) -> None:
+    """Give the module's own meta tensors uninitialised storage on `device`. Module.to_empty does the same through
+    torch.empty_like, whose meta decomposition imports sympy (a second of a first load)."""
+    for tensors, wrap in ((module._parameters, lambda t, old: torch.nn.Parameter(t, old.requires_grad)),
+                          (module._buffers, lambda t, old: t)):
+        for key, old in tensors.items():
+            if old is not None:
+                if id(old) not in allocated:
+                    allocated[id(old)] = wrap(torch.empty(old.shape, dtype=old.dtype, device=device), old)
+                tensors[key] = allocated[id(old)]
+
+
 def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device,
                  quant: CheckpointQuantization | None = None, entries: dict[str, TensorEntry] | None = None,
                  offload_experts: Sequence[int] = (), quantize: str | dict[str, str] | None = None,
@@ -160,7 +189,7 @@ def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device,
     a quantised checkpoint stores quantised keep their weights so (swapped in after the dtype cast, which would
     upcast them) or are to be quantised as they load (`quantize`), and the routed experts of the
     `offload_experts` layers are placed in host RAM, where they compute (never allocated on `device`)."""
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = GlmvForConditionalGeneration(config).to(dtype)
         if quant is not None:
             quantize_modules(model, _quantised_modules(model, quant, entries or {}))
@@ -169,9 +198,10 @@ def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device,
                 raise CheckpointError("this checkpoint is already quantised: load it without `quantize`")
             quantize_modules(model, schemes_for(model, quantize, dtype), from_float=True)
     host = tuple(_offloaded_experts(model, offload_experts))
+    allocated: dict[int, torch.Tensor] = {}  # by id of the meta tensor: tied weights stay one tensor
     for name, module in model.named_modules():
         on_host = name in host or name.startswith(tuple(h + "." for h in host))
-        module.to_empty(device=torch.device("cpu") if on_host else device, recurse=False)
+        _allocate(module, torch.device("cpu") if on_host else device, allocated)
     for module in model.modules():
         if isinstance(module, Router):  # the selection bias stays fp32 whatever the model dtype
             module.e_score_correction_bias = torch.empty(module.weight.shape[0], dtype=torch.float32, device=device)

@@ -191,3 +191,24 @@ def test_mmap_loading_maps_the_files_and_computes_the_same(tmp_path):
     ids = torch.randint(0, 100, (2, 9))
     with torch.no_grad():
         assert torch.equal(mapped(ids).logits, read(ids).logits)
+
+
+def test_tied_embeddings_load_as_one_tensor_with_the_references_logits(tmp_path):
+    from glmv.testing.tiny_checkpoint import logits_gap_to_reference, make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(tmp_path / "tied", "glm4v_moe", tie_word_embeddings=True)
+    model = glmv.load_model(path, progress=False)
+    assert model.lm_head.weight is model.language_model.embed_tokens.weight
+    assert logits_gap_to_reference(path) <= 1e-4
+
+
+def test_a_first_load_imports_neither_dynamo_nor_sympy(tmp_path):
+    """Building the model skips torch.nn.init and allocates with torch.empty: on the meta device both would import
+    torch._dynamo / sympy (3.5 s of a first load)."""
+    from glmv.testing.tiny_checkpoint import make_tiny_checkpoint
+
+    path = make_tiny_checkpoint(tmp_path / "m", "glm4v_moe")
+    script = ("import sys, glmv.weights; glmv.weights.load_model(sys.argv[1], progress=False); "
+              "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
