@@ -14,6 +14,7 @@ def register(subparsers) -> None:
                     "read; the vision tower, router, embeddings and lm_head stay float.\n\n"
                     "examples:\n  glmv convert GLM-4.5V GLM-4.5V-int4 --quantize int4 --group-size 128\n"
                     "  glmv convert nano nano-int8 --quantize int8 --only all\n"
+                    "  glmv convert GLM-4.5V GLM-4.5V-int4-fp8 --quantize int4 --rest fp8\n"
                     "  glmv convert GLM-4.1V GLM-4.1V-bf16 --dtype bfloat16",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -25,6 +26,9 @@ def register(subparsers) -> None:
     p.add_argument("--only", choices=("experts", "all"), default="experts",
                    help="quantise the routed experts only (default; most of an MoE's weights) or every decoder "
                         "linear (attention, dense MLPs, shared experts too)")
+    p.add_argument("--rest", choices=("fp8", "int8", "int4"), default=None,
+                   help="with --only experts: quantise the decoder's other linears (attention, dense MLPs, shared "
+                        "experts) to this format, e.g. --quantize int4 --rest fp8 (the planner's int4 + 8-bit rung)")
     p.add_argument("--dtype", default=None, help="dtype of the float tensors and scales written (default: the "
                                                   "checkpoint's), e.g. bfloat16")
     p.add_argument("--max-shard-size", default="5GiB", help="largest output shard (default 5GiB)")
@@ -36,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from glmv.quant.convert import convert
 
     out = convert(args.src, args.dst, args.quantize, group_size=args.group_size, only=args.only, dtype=args.dtype,
-                  max_shard_bytes=parse_memory(args.max_shard_size))
+                  max_shard_bytes=parse_memory(args.max_shard_size), rest=args.rest)
     print(f"wrote {out}")
     return 0

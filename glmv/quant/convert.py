@@ -26,18 +26,22 @@ from glmv.safetensors_file import read_header, read_into
 from glmv.weights import _is_mtp_layer, _shards
 
 # Checkpoint module names (not glmv's) the written quantization_config targets, as regular expressions.
+EXPERTS = r"mlp\.experts\.\d+\.(gate|up|down)_proj"
+REST = r"self_attn\.[qkvo]_proj|mlp(\.shared_experts)?\.(gate_up|gate|up|down)_proj"  # the decoder's other linears
 TARGETS = {
-    "experts": r"re:.*mlp\.experts\.\d+\.(gate|up|down)_proj$",
-    "all": r"re:.*language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp(\.shared_experts)?\.(gate_up|gate|up|down)_proj|mlp\.experts\.\d+\.(gate|up|down)_proj)$",
+    "experts": rf"re:.*{EXPERTS}$",
+    "all": rf"re:.*language_model\.layers\.\d+\.({REST}|{EXPERTS})$",
+    "rest": rf"re:.*language_model\.layers\.\d+\.({REST})$",
 }
 SIDE_FILES = ("*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken")  # tokenizer, processor, template, generation
 
 
-def _quantised_name(name: str, config: GlmvConfig, only: str) -> bool:
-    """Whether checkpoint tensor `name` is a weight `--only` selects (MTP layers, which glmv skips, stay float)."""
+def _scheme_of(name: str, config: GlmvConfig, groups: list[tuple[str, WeightQuant]]) -> WeightQuant | None:
+    """The scheme of the first group whose targets select checkpoint tensor `name` (None: stays float; so do MTP
+    layers, which glmv skips)."""
     if not name.endswith(".weight") or _is_mtp_layer(config.text, name):
-        return False
-    return re.match(TARGETS[only][3:], name.removesuffix(".weight")) is not None
+        return None
+    return next((wq for target, wq in groups if re.match(target[3:], name.removesuffix(".weight"))), None)
 
 
 def _split_stacked(name: str, t: torch.Tensor, inter: int) -> dict[str, torch.Tensor]:
@@ -55,21 +59,25 @@ def _split_stacked(name: str, t: torch.Tensor, inter: int) -> dict[str, torch.Te
     return {name: t}
 
 
-def quantization_config(wq: WeightQuant, only: str) -> dict:
-    """config.json's compressed-tensors `quantization_config` for what convert writes."""
+def quantization_config(groups: list[tuple[str, WeightQuant]]) -> dict:
+    """config.json's compressed-tensors `quantization_config` for what convert writes: one config group per
+    scheme, each naming its format ("mixed-precision" at the top when they differ, as llm-compressor writes)."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationScheme
 
-    scheme = QuantizationScheme(targets=[TARGETS[only]], weights=wq.to_args(), format=wq.format)
-    config = QuantizationConfig(config_groups={"group_0": scheme}, format=wq.format, ignore=["lm_head"],
-                                quantization_status="compressed")
+    schemes = {f"group_{i}": QuantizationScheme(targets=[target], weights=wq.to_args(), format=wq.format)
+               for i, (target, wq) in enumerate(groups)}
+    formats = {wq.format for _, wq in groups}
+    config = QuantizationConfig(config_groups=schemes, format=formats.pop() if len(formats) == 1 else "mixed-precision",
+                                ignore=["lm_head"], quantization_status="compressed")
     return config.model_dump(mode="json", exclude_none=True)
 
 
 def convert(src: str | Path, dst: str | Path, quantize_to: str | None = None, group_size: int = 128,
             only: str = "experts", dtype: str | None = None, max_shard_bytes: int = 5 * 1024**3,
-            progress: bool = True) -> Path:
-    """Write `src` to `dst` in `dtype` (default: the checkpoint's), quantised to fp8 / int8 / int4 when
-    `quantize_to` is given. Returns `dst`."""
+            progress: bool = True, rest: str | None = None) -> Path:
+    """Write `src` to `dst` in `dtype` (default: the checkpoint's), its `only` linears quantised to fp8 / int8 /
+    int4 when `quantize_to` is given, and with `only="experts"` the decoder's other linears to `rest` (the
+    planner's "int4 routed experts + 8-bit rest"). Returns `dst`."""
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise CheckpointError("convert writes a new checkpoint: give a destination other than the source")
@@ -87,7 +95,12 @@ def convert(src: str | Path, dst: str | Path, quantize_to: str | None = None, gr
         raise CheckpointError(f"--dtype must name a float dtype such as bfloat16 or float32, got {dtype!r}")
     if group_size < 1:
         raise CheckpointError(f"--group-size must be a positive integer, got {group_size}")
-    wq = SCHEMES[quantize_to](group_size) if quantize_to else None
+    if rest is not None and (rest not in SCHEMES or only != "experts" or not quantize_to):
+        raise CheckpointError(f"--rest quantises the decoder's other linears when --quantize applies to the routed "
+                              f"experts (--only experts); it must be one of {', '.join(SCHEMES)}, got {rest!r}")
+    groups = [(TARGETS[only], SCHEMES[quantize_to](group_size))] if quantize_to else []
+    if rest is not None:
+        groups.append((TARGETS["rest"], SCHEMES[rest](group_size)))
 
     dst.mkdir(parents=True, exist_ok=True)
     files = _shards(src)
@@ -104,7 +117,8 @@ def convert(src: str | Path, dst: str | Path, quantize_to: str | None = None, gr
                     if t.is_floating_point():
                         t = t.to(out_dtype)
                     for name, part in _split_stacked(entry.name, t, config.text.moe_intermediate_size).items():
-                        if wq is not None and _quantised_name(name, config, only):
+                        wq = _scheme_of(name, config, groups)
+                        if wq is not None:
                             base = name.removesuffix(".weight")
                             writer.add({f"{base}.{k}": v for k, v in quantize(part, wq).items()})
                         else:
@@ -115,8 +129,8 @@ def convert(src: str | Path, dst: str | Path, quantize_to: str | None = None, gr
     raw = dict(config.raw)
     raw["dtype"] = str(out_dtype).removeprefix("torch.")
     raw.pop("torch_dtype", None)
-    if wq is not None:
-        raw["quantization_config"] = quantization_config(wq, only)
+    if groups:
+        raw["quantization_config"] = quantization_config(groups)
     for pattern in SIDE_FILES:
         for side in src.glob(pattern):
             if side.name not in ("config.json", "model.safetensors.index.json"):

@@ -317,3 +317,20 @@ def test_quantise_on_load_refusals(tiny, tmp_path):
         load_model(tiny, progress=False, quantize={"vision": "int8"})
     with pytest.raises(CheckpointError, match="already quantised"):
         load_model(convert(tiny, tmp_path / "q", "int8", progress=False), progress=False, quantize="int8")
+
+
+def test_mixed_schemes_int4_experts_with_fp8_rest(tiny, tmp_path):
+    """`--quantize int4 --rest fp8`: two config groups (mixed-precision), read back per group; the same model as
+    quantising those components while loading."""
+    out = convert(tiny, tmp_path / "mixed", "int4", group_size=16, rest="fp8", progress=False)
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["format"] == "mixed-precision" and len(config["config_groups"]) == 2
+    model = load_model(out, progress=False)
+    experts = model.language_model.layers[1].mlp.experts
+    q_proj = model.language_model.layers[0].self_attn.q_proj
+    assert (experts.gate_proj.wq.bits, experts.gate_proj.wq.packed) == (4, True)
+    assert (q_proj.wq.kind, q_proj.wq.bits) == ("float", 8)
+    formats = {"routed_experts": "int4", "attention": "fp8", "dense_mlp": "fp8", "shared_experts": "fp8"}
+    assert torch.equal(_logits(model), _logits(load_model(tiny, progress=False, quantize=formats)))
+    with pytest.raises(CheckpointError, match="--rest"):
+        convert(tiny, tmp_path / "bad", "int8", only="all", rest="fp8", progress=False)
