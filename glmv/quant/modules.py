@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmv.model.moe import Experts, per_expert
+from glmv.quant.matmul import fast_matmul
 from glmv.quant.scheme import WeightQuant
 from glmv.quant.tensors import dequantize
 
@@ -39,15 +40,12 @@ class QuantWeight(nn.Module):
         return dequantize(data, scale, self.wq, self.in_features, dtype)
 
     def linear(self, x: torch.Tensor, expert: int | None = None) -> torch.Tensor:
-        """x [..., in] @ W.T in x's dtype. On CPU, int8 per-channel weights with bf16/fp16 activations go through
-        torch's int8 weight-only matmul (the weight is never materialised in float; each row is scaled after
-        its dot product, so results differ from the dequantised path by rounding only); everything else
-        dequantises the weight for this call."""
+        """x [..., in] @ W.T in x's dtype: through a matmul that reads the quantised weight where the device has
+        one (glmv/quant/matmul.py), else by dequantising the weight for this call."""
         data, scale = self._stored(expert)
-        if (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and self.wq.kind == "int"
-                and self.wq.bits == 8 and self.wq.strategy == "channel" and not self.wq.packed):
-            rows = x.reshape(-1, x.shape[-1]).contiguous()
-            out = torch._weight_int8pack_mm(rows, data, scale.view(-1).to(x.dtype))
+        fast = fast_matmul(x, self.wq, self.out_features, self.in_features)
+        if fast is not None:
+            out = fast(x.reshape(-1, x.shape[-1]).contiguous(), data, scale)
             return out.view(*x.shape[:-1], self.out_features)
         return F.linear(x, dequantize(data, scale, self.wq, self.in_features, x.dtype))
 

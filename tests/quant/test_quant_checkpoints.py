@@ -334,3 +334,24 @@ def test_mixed_schemes_int4_experts_with_fp8_rest(tiny, tmp_path):
     assert torch.equal(_logits(model), _logits(load_model(tiny, progress=False, quantize=formats)))
     with pytest.raises(CheckpointError, match="--rest"):
         convert(tiny, tmp_path / "bad", "int8", only="all", rest="fp8", progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["channel", "tensor"])
+def test_fp8_dynamic_w8a8_matmul(strategy):
+    """The CUDA FP8 path (per-token e4m3 activations, torch._scaled_mm), run on the CPU implementation of
+    _scaled_mm: equal to the matmul of the quantise-dequantised activations and weights, and close to the float."""
+    from glmv.quant.matmul import fp8_dynamic
+
+    torch.manual_seed(0)
+    wq = WeightQuant("float", 8, strategy)
+    w = torch.randn(48, 64) * 0.05
+    stored = quantize(w, wq)
+    rows = torch.randn(5, 64, dtype=torch.bfloat16)
+    out = fp8_dynamic(rows, stored["weight"], stored["weight_scale"])
+    row_scale = rows.float().abs().amax(-1, keepdim=True) / 448.0
+    qx = (rows.float() / row_scale).to(torch.float8_e4m3fn).float() * row_scale
+    expected = qx @ dequantize(stored["weight"], stored["weight_scale"], wq, 64, torch.float32).T
+    assert out.dtype == torch.bfloat16
+    assert torch.allclose(out.float(), expected, rtol=1e-2, atol=1e-2 * float(expected.abs().max()))
+    exact = rows.float() @ w.T
+    assert float((out.float() - exact).norm() / exact.norm()) < 0.06
