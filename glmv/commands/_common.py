@@ -27,8 +27,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="tokens one engine step computes at most; longer prompts are prefilled in chunks between "
                         "decode steps (default 2048)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for torch's operators (default: torch's choice, one per core). On a busy host "
-                        "fewer threads than cores avoid OpenMP threads waiting on each other")
+                   help="CPU threads for torch's operators (default: the cores this process may use minus the "
+                        "1-minute load average, at least 1: OpenMP threads sharing a core with another busy process "
+                        "wait on each other, up to 5x slower)")
     p.add_argument("--attention-backend", choices=("sdpa", "flex"), default="sdpa",
                    help="attention over the paged KV cache: sdpa (gather + scaled_dot_product_attention, the "
                         "default) or flex (FlexAttention reading the pool in place; compiled on CUDA)")
@@ -37,14 +38,15 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def engine_kwargs(args: argparse.Namespace) -> dict:
     """LLM(...) keyword arguments from the engine flags of add_model_args (and --threads, applied here: it is
     process-wide)."""
-    if args.threads is not None:
-        import torch
+    import torch
 
-        if args.threads < 1:
-            from glmv.errors import InputError
+    from glmv.device import default_threads
 
-            raise InputError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        from glmv.errors import InputError
+
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads or default_threads())
     return {"kv_cache_memory": args.kv_cache_memory, "block_size": args.block_size,
             "max_num_batched_tokens": args.max_num_batched_tokens, "attention_backend": args.attention_backend,
             "memory": args.memory, "cpu_memory": args.cpu_memory}

@@ -154,3 +154,14 @@ def test_threads_sets_torchs_thread_count(model_dir, capsys):
         assert "--threads must be at least 1" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_default_threads_leave_the_cores_other_processes_use():
+    from glmv.device import default_threads
+
+    assert default_threads(cores=2, load=0.1) == 2
+    assert default_threads(cores=2, load=1.0) == 1  # one other busy process: one thread, not a waiting team
+    assert default_threads(cores=2, load=7.5) == 1  # never fewer than one
+    assert default_threads(cores=16, load=3.4) == 13
+    assert default_threads(cores=4, load=-1.0) == 4  # never more than the cores this process may use
+    assert 1 <= default_threads() <= len(__import__("os").sched_getaffinity(0))
