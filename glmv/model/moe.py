@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmv.config import TextConfig
+from glmv.kernels import fused_moe
 from glmv.model.layers import SwiGLU, activation
 
 
@@ -63,6 +64,8 @@ class Experts(nn.Module):
         home = next(itertools.chain(self.parameters(), self.buffers())).device
         if x.device != home:
             return self(x.to(home), weights.to(home), ids.to(home)).to(x.device, x.dtype)
+        if self.fused_fits(x):
+            return fused_moe.fused_experts(x.contiguous(), self.gate_up_proj, self.down_proj, weights, ids)
         k = ids.shape[1]
         flat = ids.flatten()  # [T*k] (token-major)
         order = flat.argsort(stable=True)
@@ -86,6 +89,13 @@ class Experts(nn.Module):
     @property
     def num_experts(self) -> int:
         return self.gate_up_proj.shape[0]
+
+    def fused_fits(self, x: torch.Tensor) -> bool:
+        """Whether the fused Triton kernels (glmv/kernels/fused_moe.py) serve this forward: inference (they have
+        no backward) on CUDA, SiLU experts, float stacks in x's dtype. Plain Experts only: subclasses
+        (QuantExperts, adapters) change the expert maths and keep their own paths."""
+        return (type(self) is Experts and x.is_cuda and not torch.is_grad_enabled() and self.act is F.silu
+                and x.dtype == self.gate_up_proj.dtype and fused_moe.available(x))
 
     def grouped_fits(self, x: torch.Tensor) -> bool:
         return _grouped_mm_fits(x, self.gate_up_proj, self.down_proj)
