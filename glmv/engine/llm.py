@@ -107,7 +107,8 @@ class LLM:
                  device: str | torch.device = "cpu", limits: MediaLimits | None = None,
                  max_model_len: int | None = None, progress: bool = True, kv_cache_memory: int | str | None = None,
                  block_size: int = 16, max_num_batched_tokens: int = 2048, attention_backend: str = "sdpa",
-                 memory: int | str | None = None, cpu_memory: int | str | None = None):
+                 memory: int | str | None = None, cpu_memory: int | str | None = None,
+                 lora: str | Path | None = None):
         """`kv_cache_memory`: bytes (or "2GiB", "512MB") of paged KV cache, allocated once (default: on CPU room for
         16 full-context sequences, at most 1 GiB; on GPU half the free memory); `block_size`: tokens per KV block;
         `max_num_batched_tokens`: tokens one step computes at most (longer prompts are prefilled in chunks between
@@ -115,7 +116,8 @@ class LLM:
         glmv/engine/paged_kv.py); `memory`: bytes (or "80GiB", or "auto": what the device has free) the model
         must fit, as planned by glmv.plan (quantised as it loads, routed experts offloaded to `cpu_memory` of host
         RAM, or memory-mapped: whatever the plan says; logged at INFO) with a KV cache of one full context unless
-        `kv_cache_memory` says otherwise."""
+        `kv_cache_memory` says otherwise; `lora`: a peft-layout LoRA / DoRA adapter directory applied to the
+        loaded model, unmerged (glmv/lora; one adapter for every request)."""
         engine = EngineConfig(block_size, parse_memory(kv_cache_memory), max_num_batched_tokens=max_num_batched_tokens,
                               attention_backend=attention_backend)
         device = resolve_device(device)  # "auto", or one this machine has: a clear error before any loading
@@ -129,8 +131,12 @@ class LLM:
         elif dtype is None and device.type == "cpu":
             dtype = torch.float32  # CPUs compute bf16 slowly and coarsely: upcast, as llama.cpp/Ollama do
         load.pop("dtype", None)
-        self._setup(path, load_model(path, dtype=dtype, device=device, progress=progress, **load),
-                    Processor.from_pretrained(path, limits), max_model_len, engine)
+        model = load_model(path, dtype=dtype, device=device, progress=progress, **load)
+        if lora is not None:  # before the engine wraps the model: nothing it caches may predate the adapter
+            from glmv.lora import load_adapter
+
+            load_adapter(model, lora, dtype=model.dtype)  # the model's dtype keeps the grouped expert GEMMs usable
+        self._setup(path, model, Processor.from_pretrained(path, limits), max_model_len, engine)
 
     @classmethod
     def from_model(cls, model: GlmvForConditionalGeneration, path: str | Path, max_model_len: int | None = None) -> "LLM":

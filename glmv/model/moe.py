@@ -125,6 +125,8 @@ def _grouped_mm_fits(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     stride rule), and a device that has it (any CPU; bf16 on CUDA compute capability 9.0+)."""
     if torch.is_grad_enabled() or not hasattr(torch, "_grouped_mm"):
         return False
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):  # its kernels' dtypes (float64 loops)
+        return False
     if any(w.shape[-1] * w.element_size() % 16 or w.shape[-2] * w.element_size() % 16 for w in weights):
         return False
     if x.device.type == "cpu":
