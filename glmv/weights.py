@@ -8,7 +8,6 @@ disk straight into its final place, so loading never holds a second copy of the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from glmv.checkpoint_files import allocate, no_init, raise_problems, shard_files
 from glmv.config import GlmvConfig, TextConfig
 from glmv.errors import CheckpointError, ConfigError
 from glmv.model.glm4v import GlmvForConditionalGeneration
@@ -104,40 +104,6 @@ def _target(
     return None
 
 
-def _index_files(index: Path) -> list[str]:
-    """The shard file names model.safetensors.index.json lists, in first-seen order."""
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index}: not a valid safetensors index ({e!r})") from None
-    if isinstance(weight_map, dict):
-        bad = next(((k, v) for k, v in weight_map.items() if not isinstance(v, str)), None)
-        got = f"{bad[1]!r} for {bad[0]!r}" if bad else None
-    else:
-        got = f"a JSON {type(weight_map).__name__}"
-    if got:
-        raise CheckpointError(
-            f"{index}: weight_map must map each tensor name to the file that holds it "
-            f'({{"lm_head.weight": "model-00001-of-00002.safetensors", ...}}), got {got}; re-download the index, '
-            "or delete it to load every *.safetensors file of the directory"
-        )
-    return list(dict.fromkeys(weight_map.values()))
-
-
-def _shards(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = [path / f for f in _index_files(index)]
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index} lists shards that are not there: {', '.join(missing)}")
-        return files
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{path}: no *.safetensors files (glmv reads the Hugging Face safetensors layout)")
-    return files
-
-
 def _check_fits(config: GlmvConfig, files: list[Path]) -> None:
     """ConfigError when config.json describes more weights than the checkpoint's files hold bytes: no dtype is
     smaller than a byte, so that config belongs to another model, and building it would first try to allocate
@@ -153,34 +119,6 @@ def _check_fits(config: GlmvConfig, files: list[Path]) -> None:
         )
 
 
-@contextlib.contextmanager
-def _no_init():
-    """torch.nn.init's functions as no-ops while the model is built: the loader overwrites every tensor, and on
-    the meta device their decompositions import torch._dynamo (2.5 s of a first load) for nothing. transformers
-    skips them the same way."""
-    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
-    saved = {n: getattr(torch.nn.init, n) for n in names}
-    for n in names:
-        setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
-    try:
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(torch.nn.init, n, f)
-
-
-def _allocate(module: torch.nn.Module, device: torch.device, allocated: dict[int, torch.Tensor]) -> None:
-    """Give the module's own meta tensors uninitialised storage on `device`. Module.to_empty does the same through
-    torch.empty_like, whose meta decomposition imports sympy (a second of a first load)."""
-    for tensors, wrap in ((module._parameters, lambda t, old: torch.nn.Parameter(t, old.requires_grad)),
-                          (module._buffers, lambda t, old: t)):
-        for key, old in tensors.items():
-            if old is not None:
-                if id(old) not in allocated:
-                    allocated[id(old)] = wrap(torch.empty(old.shape, dtype=old.dtype, device=device), old)
-                tensors[key] = allocated[id(old)]
-
-
 def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device,
                  quant: CheckpointQuantization | None = None, entries: dict[str, TensorEntry] | None = None,
                  offload_experts: Sequence[int] = (), quantize: str | dict[str, str] | None = None,
@@ -189,7 +127,7 @@ def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device,
     a quantised checkpoint stores quantised keep their weights so (swapped in after the dtype cast, which would
     upcast them) or are to be quantised as they load (`quantize`), and the routed experts of the
     `offload_experts` layers are placed in host RAM, where they compute (never allocated on `device`)."""
-    with torch.device("meta"), _no_init():
+    with torch.device("meta"), no_init():
         model = GlmvForConditionalGeneration(config).to(dtype)
         if quant is not None:
             quantize_modules(model, _quantised_modules(model, quant, entries or {}))
@@ -201,7 +139,7 @@ def _materialize(config: GlmvConfig, dtype: torch.dtype, device: torch.device,
     allocated: dict[int, torch.Tensor] = {}  # by id of the meta tensor: tied weights stay one tensor
     for name, module in model.named_modules():
         on_host = name in host or name.startswith(tuple(h + "." for h in host))
-        _allocate(module, torch.device("cpu") if on_host else device, allocated)
+        allocate(module, torch.device("cpu") if on_host else device, allocated)
     for module in model.modules():
         if isinstance(module, Router):  # the selection bias stays fp32 whatever the model dtype
             module.e_score_correction_bias = torch.empty(module.weight.shape[0], dtype=torch.float32, device=device)
@@ -319,12 +257,11 @@ def _check_packed_shapes(model: GlmvForConditionalGeneration, checks: list[tuple
     shapes = {}
     for name, module in model.named_modules():
         if isinstance(module, QuantWeight):
-            base = checkpoint_name(name)
-            if QUANT_EXPERT.match(name + ".x"):  # a stack: expert e is stored as <experts>.e.<proj>
+            if module.num_stacked:  # a stack: expert e is stored as <experts>.e.<proj>
                 experts, proj = name.rsplit(".", 1)
                 shapes.update({f"{checkpoint_name(experts)}.{e}.{proj}": module for e in range(module.num_stacked)})
             else:
-                shapes[base] = module
+                shapes[checkpoint_name(name)] = module
     for file, entry in checks:
         module = shapes[entry.name.rsplit(".", 1)[0]]
         stored = torch.empty(entry.shape, dtype=entry.dtype)
@@ -333,21 +270,6 @@ def _check_packed_shapes(model: GlmvForConditionalGeneration, checks: list[tuple
         if stored.tolist() != [module.out_features, module.in_features]:
             raise CheckpointError(f"{entry.name} is {stored.tolist()}, the model expects "
                                   f"{[module.out_features, module.in_features]}: the checkpoint does not match config.json")
-
-
-def _raise_problems(path: Path, problems: dict[str, list[str]]) -> None:
-    """One CheckpointError listing every missing, unexpected, mis-shaped and mis-typed tensor, if there are any."""
-    if not any(problems.values()):
-        return
-    lines = [f"checkpoint {path} does not match the model its config.json describes:"]
-    for title, items in problems.items():
-        if items:
-            shown = items[:20] + ([f"... and {len(items) - 20} more"] if len(items) > 20 else [])
-            lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
-    if problems["dtype mismatch"]:
-        lines.append("  floating-point weights load only from floating-point data: re-export those tensors as "
-                     "float32, bfloat16 or float16")
-    raise CheckpointError("\n".join(lines))
 
 
 def load_model(
@@ -380,7 +302,7 @@ def load_model(
             raise CheckpointError("dtype must be a torch dtype name such as 'float32' or 'bfloat16'")
     dtype = dtype or getattr(torch, config.dtype)
     device = torch.device(device)
-    files = _shards(path)
+    files = shard_files(path)
     shards = [(f, read_header(f)) for f in files]  # validates every file before any work
     _check_fits(config, files)
 
@@ -388,7 +310,7 @@ def load_model(
     entries = {e.name: e for _, es in shards for e in es}
     model = _materialize(config, dtype, device, quant, entries, offload_experts, quantize)
     plan, checks, problems = _match(config, model, shards)
-    _raise_problems(path, problems)
+    raise_problems(path, problems)
     _check_packed_shapes(model, checks)
 
     total = sum(e.nbytes for _, e, _ in plan)

@@ -17,11 +17,11 @@ from glmv.model.rope import apply_partial_rotary, mrope_cos_sin
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: TextConfig, layer: int):
+    def __init__(self, cfg: TextConfig, layer: int, interleaved: bool):
         super().__init__()
         self.layer = layer
         self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.interleaved = not cfg.moe
+        self.interleaved = interleaved  # GPT-J pairs (GLM-4.1V) or NeoX halves (GLM-4.5V, GLM-Image's prior)
         bias = cfg.attention_bias
         self.q_proj = nn.Linear(cfg.hidden_size, self.heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(cfg.hidden_size, self.kv_heads * self.head_dim, bias=bias)
@@ -40,10 +40,10 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TextConfig, layer: int):
+    def __init__(self, cfg: TextConfig, layer: int, sandwich: bool, interleaved: bool):
         super().__init__()
-        self.sandwich = not cfg.moe
-        self.self_attn = Attention(cfg, layer)
+        self.sandwich = sandwich
+        self.self_attn = Attention(cfg, layer, interleaved)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if self.sandwich:
@@ -63,11 +63,17 @@ class DecoderLayer(nn.Module):
 
 
 class TextModel(nn.Module):
-    def __init__(self, cfg: TextConfig):
+    """embed_tokens + layers + final norm. The layer style follows the decoder kind (dense GLM-4.1V: sandwich norms
+    and GPT-J rotary; MoE GLM-4.5V: neither) unless given: GLM-Image's prior has sandwich norms with NeoX rotary
+    (glmv/image/), and needs only the dense fields of `cfg`."""
+
+    def __init__(self, cfg: TextConfig, sandwich: bool | None = None, interleaved: bool | None = None):
         super().__init__()
         self.cfg = cfg
+        self.interleaved = (not cfg.moe) if interleaved is None else interleaved
+        sandwich = (not cfg.moe) if sandwich is None else sandwich
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, sandwich, self.interleaved) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(
@@ -85,7 +91,7 @@ class TextModel(nn.Module):
         else:
             mask = cache.attention_mask(attention_mask, q_len)
         cos, sin = mrope_cos_sin(
-            position_ids, cfg.rotary_dim, cfg.rope_theta, cfg.mrope_section, not cfg.moe, inputs_embeds.dtype
+            position_ids, cfg.rotary_dim, cfg.rope_theta, cfg.mrope_section, self.interleaved, inputs_embeds.dtype
         )
         h = inputs_embeds
         for layer in self.layers:

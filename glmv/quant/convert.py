@@ -23,7 +23,8 @@ from glmv.errors import CheckpointError
 from glmv.quant.scheme import SCHEMES, WeightQuant, parse_quantization
 from glmv.quant.tensors import quantize
 from glmv.safetensors_file import read_header, read_into
-from glmv.weights import _is_mtp_layer, _shards
+from glmv.checkpoint_files import shard_files
+from glmv.weights import _is_mtp_layer
 
 # Checkpoint module names (not glmv's) the written quantization_config targets, as regular expressions.
 EXPERTS = r"mlp\.experts\.\d+\.(gate|up|down)_proj"
@@ -103,7 +104,7 @@ def convert(src: str | Path, dst: str | Path, quantize_to: str | None = None, gr
         groups.append((TARGETS["rest"], SCHEMES[rest](group_size)))
 
     dst.mkdir(parents=True, exist_ok=True)
-    files = _shards(src)
+    files = shard_files(src)
     headers = [(f, read_header(f)) for f in files]
     writer = _ShardWriter(dst, max_shard_bytes)
     bar = tqdm(total=sum(e.nbytes for _, es in headers for e in es), unit="B", unit_scale=True, desc="Converting",
