@@ -5,6 +5,8 @@ caller then dequantises the weight for the call, the reference path).
   FP8 W8A8 (CUDA compute capability 8.9+)        activations quantised per token to e4m3 on the fly, then
                                                  torch._scaled_mm with per-row x per-channel scales (vLLM's
                                                  dynamic-FP8 path); also runs on CPU, where tests check it
+  int4 per group (CUDA 8.0+, triton)             glmv.kernels.int4_gemm.int4_linear: a Triton GEMM that unpacks
+                                                 and scales the int4 weight in registers inside its K loop
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from glmv.kernels import int4_gemm
 from glmv.quant.scheme import FP8_MAX, WeightQuant
 
 Matmul = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (rows [M, K], data, scale) -> [M, N]
@@ -32,9 +35,20 @@ def fp8_dynamic(rows: torch.Tensor, data: torch.Tensor, scale: torch.Tensor) -> 
     return torch._scaled_mm(q, data.t(), scale_a=row_scale, scale_b=weight_scale, out_dtype=rows.dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def int4_group(group_size: int) -> Matmul:
+    """rows [M, K] @ an int4 weight packed [N, K/8] int32 with scales [N, K/group_size], by the Triton kernel."""
+    return functools.partial(int4_gemm.int4_linear, group=group_size)
+
+
 def fast_matmul(x: torch.Tensor, wq: WeightQuant, out_features: int, in_features: int) -> Matmul | None:
     """The matmul that serves these activations and this scheme without dequantising, or None."""
-    if x.dtype not in (torch.bfloat16, torch.float16) or wq.packed:
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if wq.packed:
+        if (x.device.type == "cuda" and (wq.kind, wq.bits, wq.strategy) == ("int", 4, "group")
+                and in_features % 8 == 0 and in_features % wq.group_size == 0 and int4_gemm.available(x)):
+            return int4_group(wq.group_size)
         return None
     if x.device.type == "cpu" and (wq.kind, wq.bits, wq.strategy) == ("int", 8, "channel"):
         return int8_weight_only
