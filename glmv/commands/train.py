@@ -1,5 +1,6 @@
-"""`glmv train RECIPE.yaml`: run one stage of the training pipeline (vision, pretrain, sft or rl);
-`glmv train --probe MODEL...`: linear probes of vision towers (glmv.train.probe)."""
+"""`glmv train RECIPE.yaml`: run one stage of the training pipeline (vision, pretrain, sft or rl) or a fine-tune
+(finetune: LoRA / DoRA / full on JSONL and world data); `glmv train --probe MODEL...`: linear probes of vision
+towers (glmv.train.probe)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="run one training stage from a YAML recipe",
         description="Run one stage of glmv's pipeline (vision -> warmup -> pretrain -> video -> sft -> rl) from a "
-                    "YAML recipe; recipes for the nano GLM-V are in glmv/train/recipes/. Checkpoints go to the "
-                    "recipe's 'out' directory; --resume continues from the latest one exactly. With --probe, "
-                    "print linear-probe accuracies of the given checkpoints' vision towers instead.",
+                    "YAML recipe; recipes for the nano GLM-V are in glmv/train/recipes/. A 'stage: finetune' recipe "
+                    "fine-tunes any checkpoint (LoRA, DoRA or full) on JSONL conversations and world tasks "
+                    "(docs/finetune.md). Checkpoints go to the recipe's 'out' directory; --resume continues from "
+                    "the latest one exactly. With --probe, print linear-probe accuracies of the given checkpoints' "
+                    "vision towers instead.",
     )
     p.add_argument("recipe", nargs="?", help="recipe YAML file (or the name of a bundled recipe, e.g. nano_pretrain)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in 'out'")

@@ -1,5 +1,6 @@
-"""Run one recipe stage: resolve where it starts (a fresh nano model or the previous stage's checkpoint) and
-hand it to the vision trainer, the supervised trainer or GRPO."""
+"""Run one recipe stage: resolve where it starts (a fresh nano model, the previous stage's checkpoint, or for a
+fine-tune the bundled model or any checkpoint) and hand it to the vision trainer, the supervised trainer, GRPO or
+the fine-tuning trainer (LoRA / DoRA / full on JSONL and world data)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def world_corpus(tasks: list[str], per_task: int, variety: float = 0.0) -> list[
 
 
 def start_checkpoint(recipe: Recipe) -> Path:
+    if recipe.stage == "finetune":
+        from glmv.train.finetune_recipe import start_checkpoint as finetune_start
+
+        return finetune_start(recipe)
     if recipe.init != "scratch":
         path = Path(recipe.init)
         if not (path / "config.json").is_file():
@@ -47,6 +52,10 @@ def run_stage(recipe: Recipe, resume: bool = False, stop_after: int | None = Non
         from glmv.train.vision import VisionTrainer
 
         return VisionTrainer(recipe, start, device=device).train(resume, stop_after)
+    if recipe.stage == "finetune":
+        from glmv.train.finetune import FinetuneTrainer
+
+        return FinetuneTrainer(recipe, start, device=device).train(resume, stop_after)
     from glmv.train.trainer import Trainer
 
     return Trainer(recipe, start, device=device).train(resume, stop_after)

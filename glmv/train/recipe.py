@@ -9,12 +9,13 @@ import yaml
 
 from glmv.errors import ConfigError
 
-STAGES = ("vision", "pretrain", "sft", "rl")
+STAGES = ("vision", "pretrain", "sft", "rl", "finetune")
+FINETUNE_FIELDS = ("method", "lora", "data", "gradient_checkpointing", "dtype")
 
 
 @dataclass
 class Recipe:
-    stage: str  # vision | pretrain | sft | rl (pretrain also covers the long-context/video stage: a data mix)
+    stage: str  # vision | pretrain | sft | rl | finetune (pretrain also covers the long-context/video stage)
     out: str  # run directory: checkpoints, logs, final model
     init: str = "scratch"  # "scratch" (a new nano model + tokenizer) or the checkpoint of the previous stage
     tasks: dict[str, float] = field(default_factory=dict)  # task -> sampling weight
@@ -49,6 +50,12 @@ class Recipe:
     temperature: float = 1.0
     max_new_tokens: int = 48
     curriculum: bool = True
+    # finetune only (checked by glmv.train.finetune_recipe): lora | dora | full, the adapter, the data sources
+    method: str | None = None
+    lora: dict = field(default_factory=dict)  # r, alpha, dropout, targets, exclude, rslora
+    data: list = field(default_factory=list)  # [{jsonl: PATH}, {world: {tasks: [...], n: N}}]
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"  # base weights: auto (bf16 for adapters on a bf16 GPU, else fp32) | float32 | bfloat16
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> "Recipe":
@@ -77,6 +84,14 @@ class Recipe:
             raise ConfigError(f"recipe {path}: 'variety' is a probability in [0, 1], got {recipe.variety!r}")
         if recipe.stage not in STAGES:
             raise ConfigError(f"recipe {path}: stage must be one of {STAGES}, got {recipe.stage!r}")
+        if recipe.stage == "finetune":
+            from glmv.train.finetune_recipe import FinetuneSpec
+
+            FinetuneSpec.from_recipe(recipe, f"recipe {path}")
+            return recipe
+        misplaced = [k for k in FINETUNE_FIELDS if k in data]
+        if misplaced:
+            raise ConfigError(f"recipe {path}: {misplaced} are fields of stage: finetune")
         if not recipe.tasks:
             raise ConfigError(f"recipe {path}: give at least one task under 'tasks'")
         return recipe

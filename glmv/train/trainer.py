@@ -69,7 +69,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 class Trainer:
     """The training loop of every stage but RL. Subclasses change what a step computes (`batch`, `trainable`,
-    `loss`) and what trainer state travels with a checkpoint besides the optimizer's (`state`, `restore`)."""
+    `loss`), what trainer state travels with a checkpoint besides the optimizer's (`state`, `restore`), and how
+    the model is loaded, stepped and saved (`load`, `autocast`, `after_step`, `save`, `save_final`: the
+    fine-tuning trainer, glmv/train/finetune.py, loads adapters and saves them in peft's layout)."""
 
     def __init__(self, recipe: Recipe, model_dir: Path, make_example: Callable[[str, int, bool], Example] | None = None,
                  device: str | torch.device = "cpu", progress: bool = True):
@@ -109,6 +111,27 @@ class Trainer:
     def tokens(batch: dict) -> int:
         return int(batch["attention_mask"].sum())  # all tokens processed, prompt and media included
 
+    def load(self, start_dir: Path | None) -> torch.nn.Module:
+        """The model to train, in training mode: the starting checkpoint, or `start_dir` (a checkpoint of this run)
+        when resuming."""
+        return load_model(start_dir or self.model_dir, dtype=torch.float32, device=self.device, progress=False).train()
+
+    def autocast(self):
+        """The context of each forward pass: bf16 autocast on CUDA, full precision elsewhere."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def after_step(self, model: torch.nn.Module) -> None:
+        """After each optimizer step: move the MoE routers' biases toward under-used experts."""
+        with torch.no_grad():
+            balance_routers(model)
+
+    def save(self, model: torch.nn.Module, step: int, opt, sched) -> None:
+        """checkpoint-{step} with the trainer state (resumable)."""
+        save_training(model, self.model_dir, self.out, step, opt, sched, self.recipe.keep_checkpoints, **self.state())
+
+    def save_final(self, model: torch.nn.Module) -> None:
+        save_checkpoint(model.eval(), self.model_dir, self.out / "final")
+
     def state(self) -> dict:
         """Trainer state saved with every checkpoint besides optimizer, scheduler, RNG and step."""
         return {}
@@ -122,7 +145,7 @@ class Trainer:
         session does); a later `resume` continues exactly."""
         r = self.recipe
         start_dir = latest_checkpoint(self.out) if resume else None
-        model = load_model(start_dir or self.model_dir, dtype=torch.float32, device=self.device, progress=False).train()
+        model = self.load(start_dir)
         trainable = self.trainable(model)
         opt, sched = build_optimizer(trainable, r, r.weight_decay)
         state = restore_training(start_dir, opt, sched)
@@ -131,7 +154,6 @@ class Trainer:
         spread = SpreadProbe(self.processor)
         losses = []
         log = open_log(self.out, step if resume else None)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         bar = tqdm(total=r.steps, initial=step, desc=f"{r.stage}", disable=None if self.progress else True)
         tokens, t0 = 0, time.perf_counter()
         end = min(r.steps, stop_after or r.steps)
@@ -140,7 +162,7 @@ class Trainer:
             total, metrics = 0.0, {}
             for micro in range(r.grad_accum):
                 batch = to_device(self.batch(step, micro), self.device)
-                with autocast:
+                with self.autocast():
                     loss, parts = self.loss(model, batch)
                 (loss / r.grad_accum).backward()
                 total += loss.item() / r.grad_accum
@@ -150,8 +172,7 @@ class Trainer:
             grad_norm = float(torch.nn.utils.clip_grad_norm_([p for _, p in trainable], r.max_grad_norm))
             opt.step()
             sched.step()
-            with torch.no_grad():
-                balance_routers(model)
+            self.after_step(model)
             step += 1
             losses.append(total)
             bar.update(1)
@@ -164,9 +185,9 @@ class Trainer:
                 log.flush()
                 tokens, t0 = 0, time.perf_counter()
             if step % r.save_every == 0 or step == end:
-                save_training(model, self.model_dir, self.out, step, opt, sched, r.keep_checkpoints, **self.state())
+                self.save(model, step, opt, sched)
         bar.close()
         log.close()
         if step == r.steps:
-            save_checkpoint(model.eval(), self.model_dir, self.out / "final")
+            self.save_final(model)
         return losses
