@@ -33,6 +33,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-backend", choices=("sdpa", "flex"), default="sdpa",
                    help="attention over the paged KV cache: sdpa (gather + scaled_dot_product_attention, the "
                         "default) or flex (FlexAttention reading the pool in place; compiled on CUDA)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                   help="shard the model over N processes started here (one GPU each on CUDA: cuda:0..N-1; gloo "
+                        "on CPU): tensor-parallel attention, MLPs and vocabulary (default 1)")
+    p.add_argument("--expert-parallel", action="store_true",
+                   help="with --tensor-parallel-size: split the routed experts by expert (E/N whole experts per "
+                        "process) instead of splitting every expert's intermediate dimension")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -49,7 +55,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or default_threads())
     return {"kv_cache_memory": args.kv_cache_memory, "block_size": args.block_size,
             "max_num_batched_tokens": args.max_num_batched_tokens, "attention_backend": args.attention_backend,
-            "memory": args.memory, "cpu_memory": args.cpu_memory}
+            "memory": args.memory, "cpu_memory": args.cpu_memory,
+            "tensor_parallel_size": getattr(args, "tensor_parallel_size", 1),
+            "expert_parallel": getattr(args, "expert_parallel", False)}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -18,8 +18,9 @@ def register(subparsers) -> None:
                     "YAML recipe; recipes for the nano GLM-V are in glmv/train/recipes/. A 'stage: finetune' recipe "
                     "fine-tunes any checkpoint (LoRA, DoRA or full) on JSONL conversations and world tasks "
                     "(docs/finetune.md). Checkpoints go to the recipe's 'out' directory; --resume continues from "
-                    "the latest one exactly. With --probe, print linear-probe accuracies of the given checkpoints' "
-                    "vision towers instead.",
+                    "the latest one exactly. Launched by torchrun (torchrun --nproc-per-node N -m glmv train ...), "
+                    "pretrain and sft stages train data-parallel with FSDP2 (glmv/distributed/trainer.py). With "
+                    "--probe, print linear-probe accuracies of the given checkpoints' vision towers instead.",
     )
     p.add_argument("recipe", nargs="?", help="recipe YAML file (or the name of a bundled recipe, e.g. nano_pretrain)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in 'out'")
@@ -44,6 +45,8 @@ def recipe_path(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from glmv.device import resolve_device
     from glmv.train.pipeline import run_stage
     from glmv.train.recipe import Recipe
@@ -57,5 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if args.recipe is None:
         raise ConfigError("glmv train needs a recipe (or --probe MODEL...)")
     recipe = Recipe.load(recipe_path(args.recipe), out=args.out, init=args.init, steps=args.steps)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+        from glmv.distributed.trainer import run_stage_distributed
+
+        run_stage_distributed(recipe, resume=args.resume, stop_after=args.stop_after, device=device)
+        return 0
     run_stage(recipe, resume=args.resume, stop_after=args.stop_after, device=device)
     return 0

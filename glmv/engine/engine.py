@@ -63,12 +63,14 @@ class Engine:
         self.eos_token_ids = list(eos_token_ids)
         self.config = config
         t = model.config.text
-        per_block = PagedKVCache.bytes_per_block(t.num_hidden_layers, config.block_size, t.num_key_value_heads,
+        # the heads this process stores: config.json's count, or its share under tensor parallelism
+        kv_heads = model.language_model.layers[0].self_attn.kv_heads
+        per_block = PagedKVCache.bytes_per_block(t.num_hidden_layers, config.block_size, kv_heads,
                                                  t.head_dim, model.dtype)
         context = max_model_len or t.max_position_embeddings
         default = CPU_KV_CONTEXTS * -(-context // config.block_size) * per_block
         num_blocks = max(1, _kv_budget(config.kv_cache_memory, model.device, default) // per_block)
-        self.kv = PagedKVCache(t.num_hidden_layers, num_blocks, config.block_size, t.num_key_value_heads, t.head_dim,
+        self.kv = PagedKVCache(t.num_hidden_layers, num_blocks, config.block_size, kv_heads, t.head_dim,
                                model.dtype, model.device, zeroed=config.attention_backend == "flex")
         # One sequence of the full context must fit the pool alone, or it could wait forever.
         self.max_model_len = min(max_model_len or t.max_position_embeddings, num_blocks * config.block_size)

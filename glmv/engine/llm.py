@@ -108,7 +108,7 @@ class LLM:
                  max_model_len: int | None = None, progress: bool = True, kv_cache_memory: int | str | None = None,
                  block_size: int = 16, max_num_batched_tokens: int = 2048, attention_backend: str = "sdpa",
                  memory: int | str | None = None, cpu_memory: int | str | None = None,
-                 lora: str | Path | None = None):
+                 lora: str | Path | None = None, tensor_parallel_size: int = 1, expert_parallel: bool = False):
         """`kv_cache_memory`: bytes (or "2GiB", "512MB") of paged KV cache, allocated once (default: on CPU room for
         16 full-context sequences, at most 1 GiB; on GPU half the free memory); `block_size`: tokens per KV block;
         `max_num_batched_tokens`: tokens one step computes at most (longer prompts are prefilled in chunks between
@@ -117,7 +117,11 @@ class LLM:
         must fit, as planned by glmv.plan (quantised as it loads, routed experts offloaded to `cpu_memory` of host
         RAM, or memory-mapped: whatever the plan says; logged at INFO) with a KV cache of one full context unless
         `kv_cache_memory` says otherwise; `lora`: a peft-layout LoRA / DoRA adapter directory applied to the
-        loaded model, unmerged (glmv/lora; one adapter for every request)."""
+        loaded model, unmerged (glmv/lora; one adapter for every request); `tensor_parallel_size`: shard the model
+        over that many processes (this one drives the engine, the others are started here and follow every
+        forward; on CUDA one GPU each, cuda:0..n-1): attention, dense/shared MLPs and the vocabulary split by
+        tensor parallelism, routed experts too, or by expert with `expert_parallel` (glmv/distributed/serving.py;
+        the "sdpa" backend, float weights, no `memory` plan or `lora`)."""
         engine = EngineConfig(block_size, parse_memory(kv_cache_memory), max_num_batched_tokens=max_num_batched_tokens,
                               attention_backend=attention_backend)
         device = resolve_device(device)  # "auto", or one this machine has: a clear error before any loading
@@ -131,7 +135,16 @@ class LLM:
         elif dtype is None and device.type == "cpu":
             dtype = torch.float32  # CPUs compute bf16 slowly and coarsely: upcast, as llama.cpp/Ollama do
         load.pop("dtype", None)
-        model = load_model(path, dtype=dtype, device=device, progress=progress, **load)
+        if tensor_parallel_size > 1:
+            if memory is not None or lora is not None or attention_backend != "sdpa":
+                raise ConfigError("tensor_parallel_size > 1 takes float weights and the 'sdpa' backend: "
+                                  "no memory plan, no LoRA adapter, no 'flex' attention")
+            from glmv.distributed.serving import load_parallel
+
+            model = load_parallel(path, tensor_parallel_size, dtype=dtype, device=device,
+                                  experts="ep" if expert_parallel else "tp")
+        else:
+            model = load_model(path, dtype=dtype, device=device, progress=progress, **load)
         if lora is not None:  # before the engine wraps the model: nothing it caches may predate the adapter
             from glmv.lora import load_adapter
 
