@@ -3,6 +3,8 @@ this torch build cannot provide is one clear ConfigError at once, not a tracebac
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from glmv.errors import ConfigError
@@ -70,3 +72,9 @@ def default_threads(cores: int | None = None, load: float | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if cores is None else cores
     load = os.getloadavg()[0] if load is None else load
     return max(1, min(cores, round(cores - load)))
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device, asked once per device (kernel choices ask it per call)."""
+    return torch.cuda.get_device_capability(device)

@@ -9,11 +9,10 @@ contract of `glmv.model.moe.Experts.forward` (inference only: no autograd).
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import os
 
 import torch
+
+from glmv.kernels import triton_runs_on
 
 from glmv.kernels.moe_align import align_pairs
 from glmv.kernels.moe_configs import MoEConfig, pick_config
@@ -21,27 +20,9 @@ from glmv.kernels.moe_configs import MoEConfig, pick_config
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def interpreting() -> bool:
-    """TRITON_INTERPRET=1 runs the kernels on CPU tensors with numpy (the tests); set it before triton is imported."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(device: torch.device) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device)
-
-
 def available(x: torch.Tensor) -> bool:
-    """Whether fused_experts can run on x's device: triton installed, and a CUDA GPU of compute capability 8.0+
-    (Triton's bf16 dots need Ampere) or, for CPU tensors, the interpreter."""
-    if not _triton_installed():
-        return False
-    return _capability(x.device) >= (8, 0) if x.is_cuda else interpreting()
+    """Whether fused_experts can run on x's device (glmv.kernels.triton_runs_on)."""
+    return triton_runs_on(x)
 
 
 def fused_experts(x: torch.Tensor, gate_up_proj: torch.Tensor, down_proj: torch.Tensor, weights: torch.Tensor,

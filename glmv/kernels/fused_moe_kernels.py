@@ -15,17 +15,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _tile(pid, rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Program -> (row block, column tile), walking GROUP_M row blocks down one column tile before moving right:
-    neighbouring programs that share an expert then read the same weight tile while it is still in L2."""
-    blocks_m = tl.cdiv(rows, BLOCK_M)
-    tiles_n = tl.cdiv(cols, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_size = tl.minimum(blocks_m - first_m, GROUP_M)
-    return first_m + (pid % per_group) % group_size, (pid % per_group) // group_size
+from glmv.kernels.tiles import grouped_tile
 
 
 @triton.jit
@@ -37,7 +27,7 @@ def gate_up_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m, pid_n = _tile(tl.program_id(0), rows, I, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), rows, I, BLOCK_M, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     pairs = tl.load(sorted_pairs_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))  # [BM]
@@ -72,7 +62,7 @@ def down_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m, pid_n = _tile(tl.program_id(0), rows, H, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), rows, H, BLOCK_M, BLOCK_N, GROUP_M)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     pairs = tl.load(sorted_pairs_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))  # [BM]

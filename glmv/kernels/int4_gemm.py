@@ -10,11 +10,11 @@ would not fill the GPU. Measure with benchmarks/bench_int4_gemm.py before any sp
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
 from typing import NamedTuple
 
 import torch
+
+from glmv.kernels import triton_runs_on
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -35,32 +35,14 @@ PREFILL = Int4Config(64, 128, 64, 8, num_warps=4, num_stages=3)
 MAX_SPLIT_K = 8
 
 
-def interpreting() -> bool:
-    """TRITON_INTERPRET=1 runs the kernel on CPU tensors with numpy (the tests); set it before triton is imported."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(device: torch.device) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device)
-
-
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def available(x: torch.Tensor) -> bool:
-    """Whether int4_linear can run on x's device: triton installed, and a CUDA GPU of compute capability 8.0+
-    (Triton's bf16 dots need Ampere) or, for CPU tensors, the interpreter."""
-    if not _triton_installed():
-        return False
-    return _capability(x.device) >= (8, 0) if x.is_cuda else interpreting()
+    """Whether int4_linear can run on x's device (glmv.kernels.triton_runs_on)."""
+    return triton_runs_on(x)
 
 
 def pick_config(m: int, n: int, k: int, group: int, sm_count: int = 1) -> Int4Config:

@@ -20,17 +20,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Program -> (M tile, N tile), walking GROUP_M row tiles down one column tile before moving right, so that
-    programs running together read the same weight tiles while they are in L2."""
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n
-    first_m = (pid // per_group) * GROUP_M
-    group_size = tl.minimum(tiles_m - first_m, GROUP_M)
-    return first_m + (pid % per_group) % group_size, (pid % per_group) // group_size
+from glmv.kernels.tiles import grouped_tile
 
 
 @triton.jit
@@ -41,7 +31,7 @@ def int4_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SPLIT_K: tl.constexpr, SCALE_AFTER_DOT: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    pid_m, pid_n = _tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     pid_k = tl.program_id(1)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]

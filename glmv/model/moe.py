@@ -4,7 +4,6 @@ stacked expert weights and tokens grouped per expert.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from typing import Callable
 
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmv.config import TextConfig
+from glmv.device import cuda_capability
 from glmv.kernels import fused_moe
 from glmv.model.layers import SwiGLU, activation
 
@@ -131,12 +131,9 @@ def _grouped_mm_fits(x: torch.Tensor, *weights: torch.Tensor) -> bool:
         return False
     if x.device.type == "cpu":
         return True
-    return x.device.type == "cuda" and x.dtype == torch.bfloat16 and _capability(x.device) >= (9, 0)
+    return x.device.type == "cuda" and x.dtype == torch.bfloat16 and cuda_capability(x.device) >= (9, 0)
 
 
-@functools.lru_cache(maxsize=None)
-def _capability(device: torch.device) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device)
 
 
 class MoE(nn.Module):

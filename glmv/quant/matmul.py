@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from glmv.device import cuda_capability
 from glmv.kernels import int4_gemm
 from glmv.quant.scheme import FP8_MAX, WeightQuant
 
@@ -53,11 +54,6 @@ def fast_matmul(x: torch.Tensor, wq: WeightQuant, out_features: int, in_features
     if x.device.type == "cpu" and (wq.kind, wq.bits, wq.strategy) == ("int", 8, "channel"):
         return int8_weight_only
     if (x.device.type == "cuda" and wq.kind == "float" and wq.strategy in ("tensor", "channel")
-            and out_features % 16 == 0 and in_features % 16 == 0 and _capability(x.device) >= (8, 9)):
+            and out_features % 16 == 0 and in_features % 16 == 0 and cuda_capability(x.device) >= (8, 9)):
         return fp8_dynamic
     return None
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(device: torch.device) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device)
