@@ -97,6 +97,17 @@ def _checkpoint_dtype(d: dict) -> str:
     return short
 
 
+def read_json_object(file: Path) -> dict:
+    """A config file's JSON object, or a ConfigError saying what is wrong with it."""
+    try:
+        d = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{file} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{file} must hold a JSON object")
+    return d
+
+
 @dataclass
 class VisionConfig:
     depth: int
@@ -322,13 +333,7 @@ class GlmvConfig:
         file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
         if not file.is_file():
             raise ConfigError(f"no config.json at {file}: pass a checkpoint directory (Hugging Face layout)")
-        try:
-            d = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{file} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{file} must hold a JSON object")
-        return cls.from_dict(d)
+        return cls.from_dict(read_json_object(file))
 
     def to_dict(self) -> dict:
         """config.json contents: the dict this config was read from (so transformers reads it back unchanged)."""

@@ -11,12 +11,13 @@ names the field and the fix, before anything is allocated.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glmv.config import COUNT, FLAG, FRACTION, NAME, POSITIVE_INT, POSITIVE_REAL, SECTIONS, TOKEN_IDS, Check
+from glmv.config import (
+    COUNT, FLAG, FRACTION, NAME, POSITIVE_INT, POSITIVE_REAL, SECTIONS, TOKEN_IDS, Check, read_json_object,
+)
 from glmv.errors import ConfigError
 
 MODEL_TYPE = "glm_image"
@@ -259,13 +260,7 @@ class GlmImageConfig:
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "GlmImageConfig":
         file = prior_dir(path) / "config.json"
-        try:
-            d = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{file} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{file} must hold a JSON object")
-        return cls.from_dict(d, str(file))
+        return cls.from_dict(read_json_object(file), str(file))
 
 
 def prior_dir(path: str | Path) -> Path:

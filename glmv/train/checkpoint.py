@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -31,11 +32,20 @@ def copy_side_files(src: Path, dst: Path) -> None:
 
 def save_checkpoint(model, side_files_from: Path, path: Path, state: dict | None = None) -> Path:
     """Write model (+ side files, + trainer state) to `path` atomically; returns `path`."""
+    def fill(tmp: Path) -> None:
+        save_model(model, tmp, progress=False)
+        copy_side_files(Path(side_files_from), tmp)
+
+    return write_atomically(path, fill, state)
+
+
+def write_atomically(path: Path, fill: Callable[[Path], None], state: dict | None = None) -> Path:
+    """`fill(tmp)` writes a checkpoint directory (+ the trainer state), then it replaces `path` in one rename, so
+    an interrupted save never leaves a half-written checkpoint where resume looks; returns `path`."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, progress=False)
-    copy_side_files(Path(side_files_from), tmp)
+    fill(tmp)
     if state is not None:
         torch.save(state, tmp / STATE)
     old = path.with_name(f".old-{path.name}")

@@ -21,8 +21,6 @@ What this trainer changes in that loop:
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +28,7 @@ import torch
 
 from glmv.lora import adapter_parameters, apply_lora, load_adapter, save_adapter
 from glmv.train import recompute
-from glmv.train.checkpoint import STATE, prune_checkpoints, rng_state
+from glmv.train.checkpoint import prune_checkpoints, rng_state, write_atomically
 from glmv.train.data import Example, collate, encode_example
 from glmv.train.finetune_recipe import FinetuneSpec, JsonlSource, WorldSource, freeze_prefixes
 from glmv.train.optim import trainable_parameters
@@ -160,17 +158,6 @@ def bf16_device(device: torch.device) -> bool:
 
 
 def write_adapter(model: torch.nn.Module, path: Path, base: Path, state: dict | None = None) -> Path:
-    """The model's adapter in peft's layout at `path` (+ trainer state), written to a temporary directory and
-    renamed into place like every training checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(model, tmp, base_model_name_or_path=str(base))
-    if state is not None:
-        torch.save(state, tmp / STATE)
-    old = path.with_name(f".old-{path.name}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+    """The model's adapter in peft's layout at `path` (+ trainer state), written atomically like every training
+    checkpoint."""
+    return write_atomically(path, lambda tmp: save_adapter(model, tmp, base_model_name_or_path=str(base)), state)
