@@ -134,7 +134,8 @@ class LLM:
             engine = replace(engine, kv_cache_memory=engine.kv_cache_memory or plan.kv_bytes)
         elif dtype is None and device.type == "cpu":
             dtype = torch.float32  # CPUs compute bf16 slowly and coarsely: upcast, as llama.cpp/Ollama do
-        load.pop("dtype", None)
+        if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
+            raise ConfigError(f"tensor_parallel_size must be a positive integer, got {tensor_parallel_size!r}")
         if tensor_parallel_size > 1:
             if memory is not None or lora is not None or attention_backend != "sdpa":
                 raise ConfigError("tensor_parallel_size > 1 takes float weights and the 'sdpa' backend: "

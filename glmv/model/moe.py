@@ -4,7 +4,6 @@ stacked expert weights and tokens grouped per expert.
 
 from __future__ import annotations
 
-import itertools
 from typing import Callable
 
 import torch
@@ -61,7 +60,7 @@ class Experts(nn.Module):
         """x [T, H], weights/ids [T, k] -> [T, H]: the (token, slot) pairs sorted by expert, each expert's run
         through its weights, weighted and summed back per token. Experts whose weights live on another device
         than x (routed experts offloaded to host RAM) compute there: only rows and routing travel."""
-        home = next(itertools.chain(self.parameters(), self.buffers())).device
+        home = self.down_proj.device
         if x.device != home:
             return self(x.to(home), weights.to(home), ids.to(home)).to(x.device, x.dtype)
         if self.fused_fits(x):

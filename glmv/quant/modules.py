@@ -31,6 +31,11 @@ class QuantWeight(nn.Module):
         self.register_buffer(wq.data_name, torch.empty(*lead, *wq.data_shape(out_features, in_features), dtype=data_dtype))
         self.register_buffer(wq.scale_name, torch.empty(*lead, *wq.scale_shape(out_features, in_features), dtype=scale_dtype))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the stored weight lives (so QuantExperts answers `down_proj.device` as Experts does)."""
+        return getattr(self, self.wq.data_name).device
+
     def _stored(self, expert: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         data, scale = getattr(self, self.wq.data_name), getattr(self, self.wq.scale_name)
         return (data, scale) if expert is None else (data[expert], scale[expert])

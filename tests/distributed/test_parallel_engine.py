@@ -24,3 +24,12 @@ def test_engine_over_driver_and_worker_equals_one_process(tmp_path):
     assert got["kv_heads"] == (1,)  # the paged pool holds 2 / 2 kv heads per rank
     assert got["parallel"]["ids"] == got["ref"]["ids"]  # two batched prompts, then a chat with an image
     assert max(abs(a - b) for a, b in zip(got["parallel"]["scores"], got["ref"]["scores"])) <= 1e-5
+
+
+@pytest.mark.parametrize("size", [0, -2, 1.5])
+def test_a_bad_tensor_parallel_size_is_one_clear_error(tmp_path, size):
+    from glmv import LLM
+    from glmv.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tensor_parallel_size must be a positive integer"):
+        LLM(make_tiny_model_dir(tmp_path / "m"), tensor_parallel_size=size, progress=False)
