@@ -15,12 +15,13 @@ backgrounds seen through blur); `varied_style`, which the other splits use, neve
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from glmv.world.wordings import HELDOUT_WORDING, WORDINGS
+from glmv.world.wordings import CLOSERS, HELDOUT_WORDING, OPENERS, PLACES, WORDINGS
 
 # Every renderer axis and its variants; the first of each is the plain look.
 LOOKS: dict[str, tuple] = {
@@ -62,12 +63,21 @@ class Style:
     look: Look = PLAIN
     wording: int = 0  # index into each question's wordings (glmv.world.wordings)
     text_first: bool = False  # the question before the image / video in the user turn
+    # Task-independent framing (glmv.world.wordings): a sentence before, one after, and the phrase that says where
+    # to look put in place of the wording's own ("": as written).
+    opener: str = ""
+    closer: str = ""
+    place: str = ""
     # What the look draws at random; core.sample_in_style sets it (None: a plain look, which draws nothing).
     rng: np.random.Generator | None = field(default=None, compare=False, repr=False)
 
     def ask(self, key: str, /, **slots) -> str:
-        """The question `key` (glmv.world.wordings) in this style's wording, its slots filled in."""
-        return WORDINGS[key][self.wording].format(**slots)
+        """The question `key` (glmv.world.wordings) in this style's wording and framing, its slots filled in
+        (the place phrase is swapped in the template, never in a slot's value)."""
+        template = WORDINGS[key][self.wording]
+        if self.place:
+            template = _PLACE_PATTERN.sub(self.place, template)
+        return self.opener + template.format(**slots) + self.closer
 
     def turn(self) -> float:
         """An angle for one object, in degrees (0 when the look turns nothing)."""
@@ -76,6 +86,7 @@ class Style:
 
 
 PLAIN_STYLE = Style()
+_PLACE_PATTERN = re.compile("|".join(re.escape(p) for p in sorted(PLACES[1:], key=len, reverse=True)))
 
 
 HELDOUT_STYLE = Style(HELDOUT_LOOK, HELDOUT_WORDING)
@@ -83,12 +94,14 @@ HELDOUT_STYLE = Style(HELDOUT_LOOK, HELDOUT_WORDING)
 
 def varied_style(rng: np.random.Generator) -> Style:
     """A random look (each axis uniform over its variants, the held-out combination excluded), a random
-    wording other than the held-out one (the last) and a random question position."""
+    wording other than the held-out one (the last), a random question position and a random framing."""
     while True:
         look = Look(**{axis: variants[int(rng.integers(len(variants)))] for axis, variants in LOOKS.items()})
         if not held_out(look):
             break
-    return Style(look, int(rng.integers(HELDOUT_WORDING)), bool(rng.integers(2)))
+    wording, text_first = int(rng.integers(HELDOUT_WORDING)), bool(rng.integers(2))
+    opener, closer, place = (str(options[int(rng.integers(len(options)))]) for options in (OPENERS, CLOSERS, PLACES))
+    return Style(look, wording, text_first, opener, closer, place)
 
 
 def reframe(look: Look, width: int, height: int) -> tuple[int, int]:

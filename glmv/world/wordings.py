@@ -11,6 +11,19 @@ from __future__ import annotations
 N_WORDINGS = 6
 HELDOUT_WORDING = N_WORDINGS - 1
 
+# Task-independent framing that varied training samples add around any wording (glmv.world.style): the same
+# openers and closers go with every task and the place phrases swap for one another, so no filler word tells the
+# model which task is asked. (The bundled-size model keyed on such words: after pretraining, "Could you please name
+# the color of the circle shown here?" was answered with a count.) None of them is taken from a held-out wording,
+# so the held-out split still asks phrasings no training sample has. The first of each is "no change".
+OPENERS = ("", "Hi! ", "Quick question: ", "Look at the image. ", "I have a question about this picture. ",
+           "Help me with this one. ", "Look closely. ", "Here is an image. ", "One more question. ",
+           # the distractor sentences that single wordings carry, made task-independent here
+           "I drew a few things for a puzzle book. ", "This image was made for a geometry class. ",
+           "I am testing a drawing app. ", "This picture is from a children's book. ")
+CLOSERS = ("", " Thanks!", " Be brief.", " Answer carefully.", " Keep it short.", " Take your time.", " Thank you.")
+PLACES = ("", "in the image", "in this image", "in the picture", "in this picture")
+
 WORDINGS: dict[str, tuple[str, ...]] = {
     # --- scenes -------------------------------------------------------------------------------------------------
     "color": (

@@ -22,7 +22,7 @@ from glmv.world.draw import Painter, canvas
 from glmv.world.evaluate import evaluate
 from glmv.world.scenes import scene
 from glmv.world.style import HELDOUT_LOOK, LOOKS, PLAIN, PLAIN_STYLE, Look, Style, held_out
-from glmv.world.wordings import HELDOUT_WORDING, N_WORDINGS, WORDINGS
+from glmv.world.wordings import CLOSERS, HELDOUT_WORDING, N_WORDINGS, OPENERS, PLACES, WORDINGS
 
 # Test-split samples 0-3 of every task, hashed (digest below) with the generators as they were before variety
 # existed. The bundled model's accuracy floors (tests/test_bundled_model.py) are measured on these samples. A
@@ -61,12 +61,18 @@ def digest(samples) -> str:
     return h.hexdigest()[:16]
 
 
+def alternatives(options) -> str:
+    return "(?:" + "|".join(re.escape(o) for o in options) + ")"
+
+
 def template_regex(template: str) -> re.Pattern:
     """A wording as a pattern: its literal text with any slot values (and the numbered options that retrieval
-    appends on the following lines)."""
-    parts = [re.escape(text) + ("(.+?)" if slot is not None else "")
-             for text, slot, _, _ in string.Formatter().parse(template)]
-    return re.compile("".join(parts) + r"(\n.*)?", re.S)
+    appends on the following lines), in any framing: an opener, a closer, any place phrase for its own."""
+    place = re.compile("|".join(PLACES[1:]))
+    parts = ["".join(re.escape(piece) if i % 2 == 0 else alternatives(PLACES[1:])
+                     for i, piece in enumerate(re.split(f"({place.pattern})", text)))
+             + ("(.+?)" if slot is not None else "") for text, slot, _, _ in string.Formatter().parse(template)]
+    return re.compile(alternatives(OPENERS) + "".join(parts) + alternatives(CLOSERS) + r"(\n.*)?", re.S)
 
 
 PATTERNS = {(key, w): template_regex(t) for key, ts in WORDINGS.items() for w, t in enumerate(ts)}
@@ -245,3 +251,16 @@ def test_cli_eval_split_heldout(monkeypatch, tmp_path):
     assert results["split"] == "heldout" and results["score"] == 1.0
     assert main(["eval", "--split", "nope", "--tasks", "color"]) == 1
     assert len(loads) == 1  # the unknown split failed before a model would have loaded
+
+
+@pytest.mark.parametrize("task", ["color", "count", "ocr"])
+def test_framing_is_task_independent(task):
+    """Every opener, closer and place phrase shows up with every task in training with variety (so none of
+    them tells which task is asked), and the plain and held-out styles are never framed."""
+    styles = [style for _, style, _ in drawn(task, "train", N_TRAIN, 1.0) if style != PLAIN_STYLE]
+    assert {s.opener for s in styles} == set(OPENERS) and {s.closer for s in styles} == set(CLOSERS)
+    assert {s.place for s in styles} == set(PLACES)
+    assert all(not (s.opener or s.closer or s.place) for _, s, _ in drawn(task, "heldout", N_HELDOUT))
+    assert all(
+        o.strip() not in t for o in OPENERS[1:] + CLOSERS[1:] for t in
+        (templates[HELDOUT_WORDING] for templates in WORDINGS.values()))
