@@ -4,6 +4,7 @@ Public API (imported lazily so ``import glmv`` stays cheap):
     load_model, save_model       glmv.weights
     Processor                    glmv.inputs.processor
     LLM, SamplingParams          glmv.engine
+    ImagePipeline                glmv.image.pipeline (GLM-Image; its DiT side needs the `image` extra)
     GlmvError and subclasses     glmv.errors
 """
 
@@ -27,6 +28,7 @@ _LAZY = {
     "Processor": "glmv.inputs.processor",
     "LLM": "glmv.engine.llm",
     "SamplingParams": "glmv.engine.sampling",
+    "ImagePipeline": "glmv.image.pipeline",
 }
 
 

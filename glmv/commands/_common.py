@@ -8,7 +8,9 @@ import argparse
 DEVICE_HELP = "auto (the default: CUDA if available, else MPS, else CPU), cpu, cuda, cuda:1 or mps"
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, compile_default: bool = False) -> None:
+    """compile_default: whether decode steps are compiled unless --compile / --no-compile says (on for a server,
+    which pays the warm-up once; off for one-off answers, where the warm-up costs more than it saves)."""
     p.add_argument("--model", "-m", default=None,
                    help="checkpoint directory (Hugging Face layout); default: the bundled nano GLM-V")
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the checkpoint's)")
@@ -33,6 +35,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-backend", choices=("sdpa", "flex"), default="sdpa",
                    help="attention over the paged KV cache: sdpa (gather + scaled_dot_product_attention, the "
                         "default) or flex (FlexAttention reading the pool in place; compiled on CUDA)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=compile_default,
+                   help="decode steps through torch.compile, compiled at start-up (seconds with a warm cache, about "
+                        f"half a minute for a new model shape on CPU; default: {'on' if compile_default else 'off'})")
     p.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
                    help="shard the model over N processes started here (one GPU each on CUDA: cuda:0..N-1; gloo "
                         "on CPU): tensor-parallel attention, MLPs and vocabulary (default 1)")
@@ -55,9 +60,45 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or default_threads())
     return {"kv_cache_memory": args.kv_cache_memory, "block_size": args.block_size,
             "max_num_batched_tokens": args.max_num_batched_tokens, "attention_backend": args.attention_backend,
-            "memory": args.memory, "cpu_memory": args.cpu_memory,
+            "memory": args.memory, "cpu_memory": args.cpu_memory, "compile": args.compile,
             "tensor_parallel_size": getattr(args, "tensor_parallel_size", 1),
             "expert_parallel": getattr(args, "expert_parallel", False)}
+
+
+def add_lora_args(p: argparse.ArgumentParser, several: bool) -> None:
+    """--lora: one adapter for `glmv run` / `chat`; several, each a model id clients pick, for `glmv serve`
+    (also spelled as vLLM spells it: --enable-lora --lora-modules NAME=PATH ...)."""
+    if not several:
+        p.add_argument("--lora", default=None, metavar="PATH",
+                       help="answer with this peft-layout LoRA / DoRA adapter, applied unmerged")
+        return
+    p.add_argument("--lora", "--lora-modules", dest="lora", action="extend", nargs="+", default=[],
+                   metavar="NAME=PATH", help="serve this peft-layout LoRA / DoRA adapter beside the base model, "
+                   "unmerged, as model id NAME (default: the directory's name); repeatable; a request's `model` "
+                   "picks it, one batch mixes adapters")
+    p.add_argument("--enable-lora", action="store_true", help="accepted for vLLM compatibility (--lora is enough)")
+
+
+def lora_kwargs(args: argparse.Namespace) -> dict:
+    """LLM(lora=...) from --lora: one directory (its adapter answers every request), or {name: directory}."""
+    value = getattr(args, "lora", None)
+    if not value:
+        return {}
+    if isinstance(value, str):
+        return {"lora": value}
+    from pathlib import Path
+
+    from glmv.errors import ConfigError
+
+    adapters: dict[str, str] = {}
+    for item in value:
+        name, _, path = item.partition("=") if "=" in item else (Path(item).resolve().name, "", item)
+        if not name or not path:
+            raise ConfigError(f"--lora {item!r}: give NAME=PATH (or PATH, named after its directory)")
+        if name in adapters:
+            raise ConfigError(f"--lora: two adapters are named {name!r}; give each its own NAME=PATH")
+        adapters[name] = path
+    return {"lora": adapters}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -86,7 +127,7 @@ def sampling_params(args: argparse.Namespace, llm):
 def load_llm(args: argparse.Namespace):
     from glmv.engine.llm import LLM
 
-    return LLM(args.model, dtype=args.dtype, device=args.device, **engine_kwargs(args))
+    return LLM(args.model, dtype=args.dtype, device=args.device, **engine_kwargs(args), **lora_kwargs(args))
 
 
 def user_message(text: str, images: list[str], videos: list[str]) -> dict:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from glmv.commands._common import (
+    add_lora_args,
     add_model_args,
     add_sampling_args,
     load_llm,
@@ -25,6 +26,7 @@ def register(subparsers) -> None:
                               description="Chat with a GLM-V model in the terminal.\n\n" + HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
+    add_lora_args(p, several=False)
     add_sampling_args(p)
     p.set_defaults(func=run)
 

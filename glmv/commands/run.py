@@ -7,6 +7,7 @@ import json
 import sys
 
 from glmv.commands._common import (
+    add_lora_args,
     add_model_args,
     add_sampling_args,
     load_llm,
@@ -27,6 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--video", "-v", action="append", default=[], help="video path or URL (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, reasoning, answer, boxes, usage)")
     add_model_args(p)
+    add_lora_args(p, several=False)
     add_sampling_args(p)
     p.set_defaults(func=run)
 

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import os
 
-from glmv.commands._common import add_model_args, engine_kwargs
+from glmv.commands._common import add_lora_args, add_model_args, engine_kwargs, lora_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +19,13 @@ def register(subparsers) -> None:
                     "at /.\n\nexample: glmv serve --model PATH --port 8000 --api-key secret",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_model_args(p)
+    add_model_args(p, compile_default=True)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("GLMV_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $GLMV_API_KEY, which keeps it out of ps)")
     p.add_argument("--served-model-name", default=None, help="the model id clients use (default: the directory name)")
+    add_lora_args(p, several=True)
     p.add_argument("--max-model-len", type=int, default=None, help="context length (default: the checkpoint's)")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 (default 64)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
@@ -37,6 +38,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-images", type=int, default=32, help="images per request (default 32)")
     p.add_argument("--max-videos", type=int, default=4, help="videos per request (default 4)")
     p.add_argument("--max-request-mb", type=float, default=64.0, help="request body limit in MiB (default 64)")
+    p.add_argument("--image-model", default=None, metavar="PATH",
+                   help="also serve a GLM-Image checkpoint on /v1/images/generations and /v1/images/edits; without "
+                        "--model, serve images only (pip install 'glmv[image]')")
+    p.add_argument("--image-dtype", default=None, help="bfloat16 or float32 for the image model (default: bfloat16 "
+                                                       "on a GPU, else float32)")
     p.add_argument("--allowed-origins", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. https://app.example.com, or * for any) call the API from a "
                         "browser: CORS (repeatable; default: off)")
@@ -55,17 +61,36 @@ def run(args: argparse.Namespace) -> int:
     limits = MediaLimits.untrusted(allow_private_networks=args.allow_private_urls,
                                    allowed_dirs=tuple(args.allowed_local_media_path), timeout_s=args.media_timeout,
                                    max_images=args.max_images, max_videos=args.max_videos)
+    images = _image_service(args, limits) if args.image_model else None
+    if images is not None and args.model is None:  # images only
+        from glmv.serve.images import create_image_app
+
+        app = create_image_app(images, args.api_key, int(args.max_request_mb * (1 << 20)))
+        print(f"glmv: serving images with {images.name!r} on http://{args.host}:{args.port}", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=5,
+                    log_level=logging.getLevelName(log.getEffectiveLevel()).lower())
+        return 0
     llm = LLM(args.model, dtype=args.dtype, device=args.device, limits=limits, max_model_len=args.max_model_len,
-              **engine_kwargs(args))
+              **engine_kwargs(args), **lora_kwargs(args))
     config = ServerConfig(served_model_name=args.served_model_name, api_key=args.api_key, max_queue=args.max_queue,
                           max_batch=args.max_batch, media_workers=args.media_workers,
                           max_body_bytes=int(args.max_request_mb * (1 << 20)),
                           allowed_origins=tuple(args.allowed_origins))
-    app = create_app(llm, config)
+    app = create_app(llm, config, images)
     print(f"glmv: serving {app.state.glmv.model_name!r} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=logging.getLevelName(log.getEffectiveLevel()).lower(),
                 timeout_graceful_shutdown=5)
     return 0
+
+
+def _image_service(args: argparse.Namespace, limits):
+    from pathlib import Path
+
+    from glmv.image.pipeline import ImagePipeline
+    from glmv.serve.images import ImageService
+
+    pipe = ImagePipeline(args.image_model, device=args.device, dtype=args.image_dtype)
+    return ImageService(pipe, Path(args.image_model).name, args.max_queue, args.max_batch, limits)
 
 
 def _is_loopback(host: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from glmv.engine.llm import LLM, Request, StreamDelta
+from glmv.engine.llm import LLM, LoraChoice, Request, StreamDelta
 from glmv.engine.outputs import RequestOutput
 from glmv.engine.sampling import SamplingParams
 from glmv.engine.sequence import Sequence
@@ -113,15 +113,19 @@ class AsyncEngine:
         return sum(not s.finished for s in self.llm.engine.scheduler.running)
 
     async def submit(self, messages: list[dict], params: SamplingParams, enable_thinking: bool | None = None,
-                     tools: list[dict] | None = None, **template_kwargs: Any) -> Handle:
-        """Prepare (in the media pool) and enqueue one conversation. Raises QueueFullError at once when the
-        queue is full, and InputError/ContextLengthError for bad input, before anything is queued."""
+                     tools: list[dict] | None = None, lora: str | None | LoraChoice = LoraChoice.DEFAULT,
+                     **template_kwargs: Any) -> Handle:
+        """Prepare (in the media pool) and enqueue one conversation, run with the served adapter `lora` (None:
+        the base model). Raises QueueFullError at once when the queue is full, and InputError/ContextLengthError
+        for bad input, before anything is queued."""
         return await self._enqueue(
-            params, lambda: self.llm.prepare_chat([messages], params, enable_thinking, tools, **template_kwargs)[0])
+            params, lambda: self.llm.prepare_chat([messages], params, enable_thinking, tools, lora,
+                                                  **template_kwargs)[0])
 
-    async def submit_prompt(self, prompt: str | list[int], params: SamplingParams) -> Handle:
+    async def submit_prompt(self, prompt: str | list[int], params: SamplingParams,
+                            lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> Handle:
         """Enqueue an already formatted text prompt (or token ids): no chat template, no media."""
-        return await self._enqueue(params, lambda: self.llm.prepare_prompt(prompt, params))
+        return await self._enqueue(params, lambda: self.llm.prepare_prompt(prompt, params, lora))
 
     async def _enqueue(self, params: SamplingParams, prepare) -> Handle:
         if params.n > self.max_batch:

@@ -2,7 +2,8 @@
 
 A full block that has been computed is registered under a chained hash of (the previous block's hash, its token
 ids, the features of any image/video placeholders in it), so two requests with the same text but different
-images never share a block past the image. Blocks are reference-counted: a shared system prompt or the prompt
+images never share a block past the image; the chain starts from the sequence's LoRA adapter, so requests under
+different adapters (or none) share nothing. Blocks are reference-counted: a shared system prompt or the prompt
 of n samples is stored once. A block nobody holds goes to the free list but keeps its contents and hash, so a
 later request (the next turn of a conversation) can take it back; allocation evicts the least recently freed.
 """
@@ -62,7 +63,7 @@ class BlockManager:
 
     def _cached_prefix(self, seq: Sequence) -> list[int]:
         """Ids of the cached blocks that hold seq's first tokens, block by block while the hashes match."""
-        out, parent = [], b""
+        out, parent = [], _root(seq)
         full = (len(seq) - 1) // self.block_size  # never the block holding the last token: it must be computed
         if not self.prefix_caching:
             return out
@@ -130,10 +131,16 @@ class BlockManager:
             return
         bs = self.block_size
         first, last = computed_before // bs, seq.num_computed // bs
-        parent = self.blocks[seq.block_table[first - 1]].hash if first else b""
+        parent = self.blocks[seq.block_table[first - 1]].hash if first else _root(seq)
         for i in range(first, last):
             block = self.blocks[seq.block_table[i]]
             if block.hash is None:
                 block.hash = self._hash(parent, seq, i)
                 self.by_hash.setdefault(block.hash, block.id)
             parent = block.hash
+
+
+def _root(seq: Sequence) -> bytes:
+    """Where a sequence's hash chain starts: keys and values computed under an adapter are that adapter's, never
+    found by the base model or another adapter (every block hash chains from this)."""
+    return b"" if seq.lora is None else b"lora:" + seq.lora.encode()

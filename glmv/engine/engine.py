@@ -54,6 +54,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
     attention_backend: str = "sdpa"  # "sdpa" (gather + SDPA) or "flex" (FlexAttention over the pool in place)
+    compile: bool = False  # decode steps through torch.compile (glmv/engine/compiled_step.py), warmed up at start
 
 
 class Engine:
@@ -78,7 +79,14 @@ class Engine:
                  num_blocks * per_block / 2**20, self.max_model_len)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, self.kv, config.attention_backend)
+        self.runner = ModelRunner(model, self.kv, config.attention_backend, config.compile)
+        if self.runner.decode is not None:
+            try:
+                log.info("decode step compiled in %.1f s (torch.compile; warm after the first run with these "
+                         "shapes)", self.runner.decode.warm_up())
+            except Exception as e:  # no C++ compiler, an operator Inductor cannot lower (int8 weights in 2.13)...
+                log.warning("compiling the decode step failed, decoding eagerly: %s", str(e).splitlines()[0])
+                self.runner.decode = None
         self.vision = VisionCache(model)
         self.stats = EngineStats()
         self.sampler = Sampler(grammar_vocab)  # the vocabulary lets it apply structured-output masks
@@ -178,7 +186,8 @@ class Engine:
 
     def _sample(self, ready: list[tuple[Sequence, torch.Tensor]]) -> list[tuple[Sequence, int]]:
         seqs = [s for s, _ in ready]
-        logits = torch.stack([l for _, l in ready])
+        logits = torch.stack([l if s.logits_processor is None else s.logits_processor(s.output_ids, l)
+                              for s, l in ready])
         try:
             tokens, logprobs = self.sampler(logits, seqs)
         except Exception as e:

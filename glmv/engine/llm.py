@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,19 @@ from glmv.inputs.image import ImageFeatures
 from glmv.inputs.limits import MediaLimits
 from glmv.inputs.processor import Processor
 from glmv.inputs.video import VideoFeatures
+from glmv.lora.serving import lora_scope, served_adapters, serve_adapters
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model_path import resolve_model_path
 from glmv.plan import plan_for_checkpoint
 from glmv.weights import load_model
 
+log = logging.getLogger(__name__)
+
 GENERATION_DEFAULTS = ("temperature", "top_p", "top_k", "repetition_penalty")
+
+
+class LoraChoice(Enum):
+    DEFAULT = "default"  # a request that leaves `lora` out runs with the LLM's default_lora
 
 
 @dataclass
@@ -108,7 +117,8 @@ class LLM:
                  max_model_len: int | None = None, progress: bool = True, kv_cache_memory: int | str | None = None,
                  block_size: int = 16, max_num_batched_tokens: int = 2048, attention_backend: str = "sdpa",
                  memory: int | str | None = None, cpu_memory: int | str | None = None,
-                 lora: str | Path | None = None, tensor_parallel_size: int = 1, expert_parallel: bool = False):
+                 lora: str | Path | Mapping[str, str | Path] | None = None, tensor_parallel_size: int = 1,
+                 expert_parallel: bool = False, compile: bool = False):
         """`kv_cache_memory`: bytes (or "2GiB", "512MB") of paged KV cache, allocated once (default: on CPU room for
         16 full-context sequences, at most 1 GiB; on GPU half the free memory); `block_size`: tokens per KV block;
         `max_num_batched_tokens`: tokens one step computes at most (longer prompts are prefilled in chunks between
@@ -116,14 +126,18 @@ class LLM:
         glmv/engine/paged_kv.py); `memory`: bytes (or "80GiB", or "auto": what the device has free) the model
         must fit, as planned by glmv.plan (quantised as it loads, routed experts offloaded to `cpu_memory` of host
         RAM, or memory-mapped: whatever the plan says; logged at INFO) with a KV cache of one full context unless
-        `kv_cache_memory` says otherwise; `lora`: a peft-layout LoRA / DoRA adapter directory applied to the
-        loaded model, unmerged (glmv/lora; one adapter for every request); `tensor_parallel_size`: shard the model
-        over that many processes (this one drives the engine, the others are started here and follow every
-        forward; on CUDA one GPU each, cuda:0..n-1): attention, dense/shared MLPs and the vocabulary split by
+        `kv_cache_memory` says otherwise; `lora`: peft-layout LoRA / DoRA adapters served unmerged, {name:
+        directory} (a request picks one by name, `lora=`; none: the base model; one batch mixes them), or one
+        directory (named after it, and the default of requests that name none; glmv/lora/serving.py; decode
+        steps then run eagerly, whatever `compile` says); `tensor_parallel_size`: shard the model over that many
+        processes (this one drives the engine, the others are started here and follow every forward; on CUDA one
+        GPU each, cuda:0..n-1): attention, dense/shared MLPs and the vocabulary split by
         tensor parallelism, routed experts too, or by expert with `expert_parallel` (glmv/distributed/serving.py;
-        the "sdpa" backend, float weights, no `memory` plan or `lora`)."""
+        the "sdpa" backend, float weights, no `memory` plan or `lora`); `compile`: decode steps through torch.compile,
+        compiled before this returns (glmv/engine/compiled_step.py: seconds from Inductor's cache, about half a
+        minute for a new model shape on CPU)."""
         engine = EngineConfig(block_size, parse_memory(kv_cache_memory), max_num_batched_tokens=max_num_batched_tokens,
-                              attention_backend=attention_backend)
+                              attention_backend=attention_backend, compile=compile)
         device = resolve_device(device)  # "auto", or one this machine has: a clear error before any loading
         path = resolve_model_path(model)
         load = {}
@@ -134,6 +148,10 @@ class LLM:
             engine = replace(engine, kv_cache_memory=engine.kv_cache_memory or plan.kv_bytes)
         elif dtype is None and device.type == "cpu":
             dtype = torch.float32  # CPUs compute bf16 slowly and coarsely: upcast, as llama.cpp/Ollama do
+        adapters = _adapter_dirs(lora)
+        if adapters and compile:  # the compiled decode step would run the base model: it reads no adapter mapping
+            log.warning("LoRA adapters are served by the eager engine: decode steps are not compiled")
+            engine = replace(engine, compile=False)
         if not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
             raise ConfigError(f"tensor_parallel_size must be a positive integer, got {tensor_parallel_size!r}")
         if tensor_parallel_size > 1:
@@ -146,11 +164,11 @@ class LLM:
                                   experts="ep" if expert_parallel else "tp")
         else:
             model = load_model(path, dtype=dtype, device=device, progress=progress, **load)
-        if lora is not None:  # before the engine wraps the model: nothing it caches may predate the adapter
-            from glmv.lora import load_adapter
-
-            load_adapter(model, lora, dtype=model.dtype)  # the model's dtype keeps the grouped expert GEMMs usable
+        if adapters:  # before the engine wraps the model: nothing it caches may predate the adapters
+            serve_adapters(model, adapters, dtype=model.dtype)  # the model's dtype keeps grouped expert GEMMs usable
         self._setup(path, model, Processor.from_pretrained(path, limits), max_model_len, engine)
+        if isinstance(lora, (str, Path)):  # one directory: its adapter serves every request that names none
+            self.default_lora = next(iter(adapters))
 
     @classmethod
     def from_model(cls, model: GlmvForConditionalGeneration, path: str | Path, max_model_len: int | None = None) -> "LLM":
@@ -167,6 +185,8 @@ class LLM:
         self.engine = Engine(model, eos, max_model_len, engine, grammar_vocab=GrammarVocab.from_pretrained(path, eos))
         self._generation_config = self._read_generation_config()
         self.pooler = Pooler(self)
+        self.adapters = served_adapters(model)  # the LoRA adapters served (lora=), or None
+        self.default_lora: str | None = None  # the adapter of requests that name none (None: the base model)
         self._next_id = 0
 
     def _read_generation_config(self) -> dict:
@@ -192,11 +212,19 @@ class LLM:
         self._next_id += n
         return [str(i) for i in range(self._next_id - n + 1, self._next_id + 1)]
 
+    def _lora(self, lora: str | None | LoraChoice) -> str | None:
+        """A request's adapter: a served adapter's name, None (the base model), or left out: default_lora."""
+        name = self.default_lora if lora is LoraChoice.DEFAULT else lora
+        if name is not None and (self.adapters is None or name not in self.adapters.names):
+            served = ", ".join(self.adapters.names) if self.adapters else "none (LLM(..., lora=...) loads them)"
+            raise InputError(f"no LoRA adapter named {name!r} is served; served adapters: {served}")
+        return name
+
     def _request(self, prompt: str, ids: list[int], params: SamplingParams, images=(), videos=(),
-                 image_embeds=(), video_embeds=(), tools: list[dict] | None = None) -> Request:
+                 image_embeds=(), video_embeds=(), tools: list[dict] | None = None, lora: str | None = None) -> Request:
         seqs = [
             Sequence(list(ids), params, list(image_embeds), [f.grid_thw for f in images], list(video_embeds),
-                     [f.grid_thw for f in videos], seed_offset=i)
+                     [f.grid_thw for f in videos], seed_offset=i, lora=lora)
             for i in range(params.n)
         ]
         for seq in seqs[1:]:
@@ -210,8 +238,10 @@ class LLM:
 
     def prepare_chat(self, conversations: list[list[dict]], params: SamplingParams,
                      enable_thinking: bool | None = None, tools: list[dict] | None = None,
-                     **template_kwargs: Any) -> list[Request]:
-        """Render, tokenize and process the media of each conversation; vision runs once for all their media."""
+                     lora: str | None | LoraChoice = LoraChoice.DEFAULT, **template_kwargs: Any) -> list[Request]:
+        """Render, tokenize and process the media of each conversation; vision runs once for all their media.
+        `lora`: the served adapter they run with (None: the base model)."""
+        lora = self._lora(lora)
         proc = self.processor
         parsed = [normalize_messages(conv) for conv in conversations]
         for messages, _ in parsed:  # refuse a huge text before any work on it
@@ -219,7 +249,8 @@ class LLM:
         media = [proc.process_media(refs) for _, refs in parsed]  # limits apply per conversation
         images = [f for conv_images, _ in media for f in conv_images]
         videos = [f for _, conv_videos in media for f in conv_videos]
-        image_embeds, video_embeds = self.engine.vision.images(images), self.engine.vision.videos(videos)
+        with lora_scope(self.model, lora):  # an adapter may adapt the vision tower too
+            image_embeds, video_embeds = self.engine.vision.images(images), self.engine.vision.videos(videos)
         requests, i_at, v_at = [], 0, 0
         for messages, media in parsed:
             n_img = sum(m.kind == "image" for m in media)
@@ -230,7 +261,7 @@ class LLM:
             ids, _ = proc.encode_prompt(prompt, imgs, vids)
             requests.append(self._request(proc.tokenizer.unescape(prompt), ids, params, imgs, vids,
                                           image_embeds[i_at : i_at + n_img],
-                                          video_embeds[v_at : v_at + n_vid], tools))
+                                          video_embeds[v_at : v_at + n_vid], tools, lora))
             i_at, v_at = i_at + n_img, v_at + n_vid
         return requests
 
@@ -279,40 +310,49 @@ class LLM:
     # --- public API ---------------------------------------------------------------------------------------------
     def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
              enable_thinking: bool | None = None, tools: list[dict] | None = None,
-             chat_template_kwargs: dict | None = None, tool_choice: str | dict | None = None) -> list[RequestOutput]:
+             chat_template_kwargs: dict | None = None, tool_choice: str | dict | None = None,
+             lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> list[RequestOutput]:
         """One conversation (a list of messages) or a list of conversations -> one RequestOutput each.
 
         tools: OpenAI-shaped function definitions ({"type": "function", "function": {"name", "description",
         "parameters"}}), rendered into the prompt; the calls the model makes come back parsed in each output's
         `tool_calls` (arguments typed by each tool's JSON schema), and its `content` is the text outside them.
         tool_choice: "auto" (default), "none", "required" or {"type": "function", "function": {"name": ...}};
-        the last two are enforced by constrained decoding (glmv/engine/tool_choice.py)."""
+        the last two are enforced by constrained decoding (glmv/engine/tool_choice.py).
+        lora: the served adapter to answer with (LLM(..., lora=)); None: the base model; left out: default_lora."""
         batched = bool(messages) and isinstance(messages[0], (list, tuple))
         conversations = list(messages) if batched else [messages]
         tools, tool_grammar = plan_tools(tools, tool_choice, self.tokenizer.added_tokens)
         params = with_tool_grammar(sampling_params or self.default_sampling_params(), tool_grammar)
-        reqs = self.prepare_chat(conversations, params, enable_thinking, tools, **(chat_template_kwargs or {}))
+        reqs = self.prepare_chat(conversations, params, enable_thinking, tools, lora,
+                                 **(chat_template_kwargs or {}))
         return self.run_requests(reqs)
 
     def chat_stream(self, messages: list[dict], sampling_params: SamplingParams | None = None,
-                    enable_thinking: bool | None = None, **template_kwargs: Any) -> Iterator[str]:
+                    enable_thinking: bool | None = None, lora: str | None | LoraChoice = LoraChoice.DEFAULT,
+                    **template_kwargs: Any) -> Iterator[str]:
         """Text deltas of one conversation's answer as they are decoded (their concatenation is the full text)."""
         params = sampling_params or self.default_sampling_params()
-        reqs = self.prepare_chat([messages], params, enable_thinking, **template_kwargs)
+        reqs = self.prepare_chat([messages], params, enable_thinking, lora=lora, **template_kwargs)
         for d in self.iterate(reqs):
             if d.text:
                 yield d.text
 
     def generate(self, prompts: str | list[str] | list[int] | list[list[int]] | dict | list[dict],
-                 sampling_params: SamplingParams | None = None) -> list[RequestOutput]:
-        """Raw prompts (already formatted), token id lists, or {"prompt_token_ids": [...]} dicts; text only."""
+                 sampling_params: SamplingParams | None = None,
+                 lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> list[RequestOutput]:
+        """Raw prompts (already formatted), token id lists, or {"prompt_token_ids": [...]} dicts; text only.
+        `lora` as in chat()."""
         params = sampling_params or self.default_sampling_params()
         if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        return self.run_requests([self.prepare_prompt(p, params) for p in prompts])
+        return self.run_requests([self.prepare_prompt(p, params, lora) for p in prompts])
 
-    def prepare_prompt(self, prompt: str | list[int] | dict, params: SamplingParams) -> Request:
-        """A request for an already formatted prompt: text, token ids, or {"prompt" | "prompt_token_ids": ...}."""
+    def prepare_prompt(self, prompt: str | list[int] | dict, params: SamplingParams,
+                       lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> Request:
+        """A request for an already formatted prompt: text, token ids, or {"prompt" | "prompt_token_ids": ...},
+        run with the served adapter `lora` (None: the base model)."""
+        lora = self._lora(lora)
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:
                 prompt = list(prompt["prompt_token_ids"])
@@ -322,25 +362,32 @@ class LLM:
                 raise InputError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
         if isinstance(prompt, str):
             self.tokenizer.check_fits(prompt, self.engine.max_model_len)
-            return self._request(prompt, self.tokenizer.encode(prompt), params)
+            return self._request(prompt, self.tokenizer.encode(prompt), params, lora=lora)
         if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-            return self._request(self.tokenizer.decode(prompt), prompt, params)
+            return self._request(self.tokenizer.decode(prompt), prompt, params, lora=lora)
         raise InputError(f"unsupported prompt of type {type(prompt).__name__}: give a string or a list of token ids")
 
     def embed(self, prompts: str | list[int] | list[dict] | list, pooling: Pooling = "last", normalize: bool = True,
-              add_generation_prompt: bool = False) -> list[EmbeddingRequestOutput]:
+              add_generation_prompt: bool = False,
+              lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> list[EmbeddingRequestOutput]:
         """One embedding per input (`out[i].outputs.embedding`): a text (as written), token ids, or a
         conversation with images/videos (chat template applied); a list of them is embedded as a batch.
-        Last-token pooling of the final hidden state, L2-normalised (glmv/engine/pooling.py says why)."""
+        Last-token pooling of the final hidden state, L2-normalised (glmv/engine/pooling.py says why).
+        `lora` as in chat()."""
         rows = [self.pooler.row(p, add_generation_prompt) for p in as_prompt_list(prompts)]
-        return embed_outputs(rows, self.pooler.embed(rows, pooling, normalize), self._new_ids(len(rows)))
+        with lora_scope(self.model, self._lora(lora)):
+            vectors = self.pooler.embed(rows, pooling, normalize)
+        return embed_outputs(rows, vectors, self._new_ids(len(rows)))
 
-    def score(self, query: str | list[dict], candidates: str | list[str]) -> list[ScoringRequestOutput]:
+    def score(self, query: str | list[dict], candidates: str | list[str],
+              lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> list[ScoringRequestOutput]:
         """How well each candidate answers `query` (a text, or messages with images): the mean log-probability
-        per token of the candidate as the model's reply (`out[i].outputs.score`, higher is better)."""
+        per token of the candidate as the model's reply (`out[i].outputs.score`, higher is better). `lora` as
+        in chat()."""
         candidates = [candidates] if isinstance(candidates, str) else candidates
         rows, prefix_len = self.pooler.score_rows(query, candidates)
-        scores = self.pooler.score(rows, prefix_len)
+        with lora_scope(self.model, self._lora(lora)):
+            scores = self.pooler.score(rows, prefix_len)
         return [ScoringRequestOutput(i, r.ids, ScoringOutput(s))
                 for i, r, s in zip(self._new_ids(len(rows)), rows, scores)]
 
@@ -367,3 +414,14 @@ def _texts(messages: list[dict]) -> list[str]:
         elif isinstance(content, list):
             out += [p["text"] for p in content if p.get("type") == "text"]
     return out
+
+
+def _adapter_dirs(lora: str | Path | Mapping[str, str | Path] | None) -> dict[str, Path]:
+    """LLM's `lora` as {name: directory}: a lone directory is named after itself."""
+    if lora is None:
+        return {}
+    if isinstance(lora, (str, Path)):
+        return {Path(lora).resolve().name or str(lora): Path(lora)}
+    if isinstance(lora, Mapping) and lora:
+        return {name: Path(path) for name, path in lora.items()}
+    raise ConfigError(f"lora must be an adapter directory or a non-empty {{name: directory}} mapping, got {lora!r}")

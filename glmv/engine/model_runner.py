@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import torch
 
+from glmv.engine.compiled_step import CompiledDecode
 from glmv.engine.paged_kv import BACKENDS, FlexPagedStep, PagedKVCache, PagedStep
 from glmv.engine.sequence import Sequence
 from glmv.errors import ConfigError
+from glmv.lora.serving import lora_batch
 from glmv.model.cache import attention_mask_for
 from glmv.model.glm4v import GlmvForConditionalGeneration
 from glmv.model.positions import IMAGE, VIDEO
 
 
 class ModelRunner:
-    def __init__(self, model: GlmvForConditionalGeneration, cache: PagedKVCache, attention_backend: str = "sdpa"):
+    def __init__(self, model: GlmvForConditionalGeneration, cache: PagedKVCache, attention_backend: str = "sdpa",
+                 compile: bool = False):
         if attention_backend not in BACKENDS:
             raise ConfigError(f"attention backend {attention_backend!r}: use one of {', '.join(BACKENDS)}")
+        if compile and attention_backend != "sdpa":
+            raise ConfigError("compile=True compiles the 'sdpa' backend's decode step; use attention_backend='sdpa'")
         self.model, self.cache, self.backend = model, cache, attention_backend
+        # decode steps (every row one token, no media) through torch.compile (glmv/engine/compiled_step.py)
+        self.decode = CompiledDecode(model, cache) if compile else None
 
     @torch.inference_mode()
     def forward(self, work: list[tuple[Sequence, int]]) -> torch.Tensor:
@@ -47,16 +54,20 @@ class ModelRunner:
                 rows = seq.media_rows(kind, start, end)
                 if rows is not None:
                     media[kind].append(rows)
+        if self.decode is not None and q == 1 and not (media[IMAGE] or media[VIDEO]):
+            read, real = self._sdpa_slots(work, write, q)
+            return self.decode(ids, types, positions, write, read, real)
         step = (self._sdpa_step if self.backend == "sdpa" else self._flex_step)(work, write, q, device)
-        out = self.model(
-            ids.to(device), mm_token_type_ids=types.to(device), position_ids=positions.to(device), cache=step,
-            image_embeds=media[IMAGE], video_embeds=media[VIDEO], logits_to_keep=1,
-        )
+        with lora_batch(self.model, [seq.lora for seq, _ in work], q):  # each row's adapter (glmv/lora/mapping.py)
+            out = self.model(
+                ids.to(device), mm_token_type_ids=types.to(device), position_ids=positions.to(device), cache=step,
+                image_embeds=media[IMAGE], video_embeds=media[VIDEO], logits_to_keep=1,
+            )
         return out.logits[:, -1].float()
 
-    def _sdpa_step(self, work: list[tuple[Sequence, int]], write: torch.Tensor, q: int, device) -> PagedStep:
-        """Per row the slots of its cached keys (left-padded to the longest context), then its chunk's; the mask
-        over them built here, on the host."""
+    def _sdpa_slots(self, work: list[tuple[Sequence, int]], write: torch.Tensor, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row the slots of its cached keys (left-padded to the longest context), then its chunk's: read
+        [B, past + q], and real [B, past + q] (1 where a slot holds a real token)."""
         past = max(seq.num_computed for seq, _ in work)
         read = torch.full((len(work), past + q), self.cache.pad_slot, dtype=torch.long)
         real = torch.zeros(len(work), past + q, dtype=torch.long)
@@ -66,7 +77,12 @@ class ModelRunner:
             read[i, past:] = write[i]
             real[i, past - start : past] = 1
             real[i, past + q - n :] = 1
-        mask = attention_mask_for(real, q, past, "cpu")
+        return read, real
+
+    def _sdpa_step(self, work: list[tuple[Sequence, int]], write: torch.Tensor, q: int, device) -> PagedStep:
+        """The slots to read and the mask over them, built here, on the host."""
+        read, real = self._sdpa_slots(work, write, q)
+        mask = attention_mask_for(real, q, read.shape[1] - q, "cpu")
         return PagedStep(self.cache, write.to(device), read.to(device), None if mask is None else mask.to(device))
 
     def _flex_step(self, work: list[tuple[Sequence, int]], write: torch.Tensor, q: int, device) -> FlexPagedStep:

@@ -8,6 +8,7 @@ sequence gives its blocks back and recomputes everything from its tokens when it
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -34,6 +35,9 @@ class Layout:
     video_rows: torch.Tensor | None  # [video tokens, hidden]
     image_before: list[int]  # image_before[t]: image tokens among the first t prompt tokens (length L + 1)
     video_before: list[int]
+    # [3, D] positions of the generated tokens fed back, for a model with its own decode schedule (GLM-Image's
+    # prior: glmv/image/positions.py); None: index + delta
+    decode_positions: torch.Tensor | None = None
 
 
 @dataclass(eq=False)  # compared by identity: the scheduler looks sequences up in its queues
@@ -49,6 +53,7 @@ class Sequence:
     finish_reason: str | None = None
     seed_offset: int = 0  # sample index within its request, so n samples with one seed differ
     budget: int = 0  # tokens it may generate (max_tokens capped by the context), set when checked
+    lora: str | None = None  # the served adapter it runs with (glmv/lora/serving.py); None: the base model
     # --- engine state ---
     status: Status = Status.WAITING
     block_table: list[int] = field(default_factory=list)
@@ -57,6 +62,9 @@ class Sequence:
     layout: Layout | None = field(default=None, repr=False)
     leader: "Sequence | None" = field(default=None, repr=False)  # sample 1 of its request, for samples 2..n
     error: BaseException | None = None  # why the engine failed this sequence alone
+    # (output ids so far, next-token logits [V]) -> logits to sample from, applied before the sampler: a rule
+    # the request's tokens must follow (GLM-Image's prior: only codebook ids until its grids are full, then EOS)
+    logits_processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     _generator: torch.Generator | None = field(default=None, repr=False)
 
     @property
@@ -91,6 +99,9 @@ class Sequence:
         """Rotary positions [3, end - start] of tokens [start, end)."""
         lay = self.layout
         n = len(self.prompt_ids)
+        if lay.decode_positions is not None:
+            after = lay.decode_positions[:, max(start, n) - n : max(end, n) - n]
+            return torch.cat([lay.positions[:, min(start, n) : min(end, n)], after], dim=1)
         after = torch.arange(max(start, n), max(end, n)) + lay.delta
         return torch.cat([lay.positions[:, min(start, n) : min(end, n)], after.expand(3, -1)], dim=1)
 

@@ -1,8 +1,10 @@
 """Vision encoding with memory: each distinct image / video goes through the vision tower once.
 
 Keys are content hashes of the processed pixels and grid, so the same picture sent again (another turn, another
-request) reuses its embeddings. Misses of one call are encoded together in a single tower call. The cache is an
-LRU bounded in bytes; a conversation pins its own media by holding the returned tensors.
+request) reuses its embeddings; with served LoRA adapters that adapt the vision tower or projector, the adapter
+the caller encodes under (glmv/lora/serving.py: lora_scope) is part of the key. Misses of one call are encoded
+together in a single tower call. The cache is an LRU bounded in bytes; a conversation pins its own media by
+holding the returned tensors.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from glmv.inputs.image import ImageFeatures
 from glmv.inputs.video import VideoFeatures
+from glmv.lora.serving import vision_tag
 from glmv.model.glm4v import GlmvForConditionalGeneration
 
 
@@ -53,7 +56,8 @@ class VisionCache:
             return self._lookup_locked(feats, encode)
 
     def _lookup_locked(self, feats: list, encode) -> list[torch.Tensor]:
-        keys = [media_key(f.pixel_values, f.grid_thw) for f in feats]
+        tag = vision_tag(self.model)  # the adapter this thread encodes under, if it adapts the vision tower
+        keys = [media_key(f.pixel_values, f.grid_thw) + tag for f in feats]
         found, missing = {}, {}
         for k, f in zip(keys, feats):
             if k in self.entries:

@@ -32,7 +32,7 @@ VQ = dict(embed_dim=16, num_embeddings=CODEBOOK, latent_channels=32)
 def reference_config(text: dict | None = None, vision: dict | None = None, vq: dict | None = None, **top):
     import transformers as tf
 
-    ids = dict(image_token_id=IMAGE_TOKEN, image_start_token_id=IMAGE_START, image_end_token_id=IMAGE_END, **top)
+    ids = dict(image_token_id=IMAGE_TOKEN, image_start_token_id=IMAGE_START, image_end_token_id=IMAGE_END) | top
     return tf.GlmImageConfig(text_config={**TEXT, **(text or {})}, vision_config={**VISION, **(vision or {})},
                              vq_config={**VQ, **(vq or {})}, **ids)
 

@@ -14,6 +14,8 @@ from glmv.errors import ConfigError
 from glmv.lora.config import AdapterSpec, LoraConfig
 from glmv.lora.experts import LoraExperts
 from glmv.lora.linear import LoraLinear
+from glmv.lora.multi_experts import MultiLoraExperts
+from glmv.lora.multi_linear import MultiLoraLinear
 from glmv.lora.targets import EXPERT_PARAMS, candidates, resolve_targets
 from glmv.model.moe import Experts
 
@@ -63,6 +65,8 @@ def _check_adaptable(model: nn.Module, name: str, module: nn.Module, spec: Adapt
     if isinstance(module, (LoraLinear, LoraExperts)):
         raise ConfigError(f"{name} already carries an adapter (one per weight): merge_lora(model) or "
                           "remove_lora(model) first, or leave it out of the targets")
+    if isinstance(module, (MultiLoraLinear, MultiLoraExperts)):
+        raise ConfigError(f"{name} serves adapters (serve_adapters): load the model again to train or merge one")
     if type(module) not in (nn.Linear, Experts):
         raise ConfigError(f"{name} is quantised ({type(module).__name__}); adapters need float weights: load the "
                           "checkpoint unquantised (no quantize= / --memory plan that quantises)")

@@ -24,6 +24,7 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -295,13 +296,20 @@ def _checked(name: str, module: torch.nn.Module, t: dict, key: str, config: dict
     return spec, a, b, magnitude
 
 
-def load_adapter(model: torch.nn.Module, path: str | Path, dtype: torch.dtype | None = None,
-                 trainable: bool = False) -> list[str]:
-    """Read a peft-layout LoRA / DoRA adapter (written by peft's save_pretrained or glmv's save_adapter) onto a
-    loaded glmv model, unmerged; returns the adapted glmv names. `dtype`: the adapters' dtype (default: fp32 on a
-    bf16/fp16 model, else the model's); `trainable`: leave the adapter tensors trainable (to go on training it).
-    Everything is checked before the model changes: CheckpointError for a file that is not such an adapter or
-    does not fit the model."""
+class AdapterWeights(NamedTuple):
+    """One adapted weight of an adapter file, in glmv's layout (experts: A [E, r, in], B [E, out, r])."""
+
+    module: torch.nn.Module  # the nn.Linear, or the Experts holding the adapted projection
+    spec: AdapterSpec
+    lora_A: torch.Tensor
+    lora_B: torch.Tensor
+    magnitude: torch.Tensor | None  # DoRA's m, or None
+
+
+def read_adapter(model: torch.nn.Module, path: str | Path) -> dict[str, AdapterWeights]:
+    """The peft-layout LoRA / DoRA adapter at `path` (written by peft's save_pretrained or glmv's save_adapter) as
+    glmv target name -> its weights, every shape checked against `model`, which is left unchanged: CheckpointError
+    for a file that is not such an adapter or does not fit the model."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; pass the adapter directory ({CONFIG_FILE} + {WEIGHTS_FILE})")
@@ -316,11 +324,20 @@ def load_adapter(model: torch.nn.Module, path: str | Path, dtype: torch.dtype | 
     targets = _resolve(model, _group(tensors, file), config, file)
     if not targets:
         raise CheckpointError(f"{file}: holds no adapter tensors")
-    checked = {name: _checked(name, module, t, key, config, file) for name, (module, t, key) in targets.items()}
-    inject(model, {name: c[0] for name, c in checked.items()}, dtype)
+    return {name: AdapterWeights(module, *_checked(name, module, t, key, config, file))
+            for name, (module, t, key) in targets.items()}
+
+
+def load_adapter(model: torch.nn.Module, path: str | Path, dtype: torch.dtype | None = None,
+                 trainable: bool = False) -> list[str]:
+    """Read a peft-layout LoRA / DoRA adapter (read_adapter) onto a loaded glmv model, unmerged; returns the
+    adapted glmv names. `dtype`: the adapters' dtype (default: fp32 on a bf16/fp16 model, else the model's);
+    `trainable`: leave the adapter tensors trainable (to go on training it). Everything is checked before the
+    model changes. Several adapters served at once, chosen per request: glmv/lora/serving.py."""
+    weights = read_adapter(model, path)
+    inject(model, {name: w.spec for name, w in weights.items()}, dtype)
     with torch.no_grad():
-        for name, (spec, a, b, magnitude) in checked.items():
-            module = targets[name][0]
+        for name, (module, _, a, b, magnitude) in weights.items():
             if isinstance(module, LoraExperts):
                 param = name.rsplit(".", 1)[1]
                 module.lora_A[param].copy_(a)
@@ -334,4 +351,4 @@ def load_adapter(model: torch.nn.Module, path: str | Path, dtype: torch.dtype | 
         for n, p in model.named_parameters():
             if "lora_" in n:
                 p.requires_grad_(False)
-    return list(targets)
+    return list(weights)

@@ -65,6 +65,8 @@ class Experts(nn.Module):
             return self(x.to(home), weights.to(home), ids.to(home)).to(x.device, x.dtype)
         if self.fused_fits(x):
             return fused_moe.fused_experts(x.contiguous(), self.gate_up_proj, self.down_proj, weights, ids)
+        if self.gathered_fits():
+            return self._gathered(x, weights, ids)
         k = ids.shape[1]
         flat = ids.flatten()  # [T*k] (token-major)
         order = flat.argsort(stable=True)
@@ -84,6 +86,23 @@ class Experts(nn.Module):
         offs = counts.cumsum(0).to(torch.int32)
         gate, up = torch._grouped_mm(xs, self.gate_up_proj.transpose(1, 2), offs=offs).chunk(2, dim=-1)
         return torch._grouped_mm(self.act(gate) * up, self.down_proj.transpose(1, 2), offs=offs)
+
+    def _gathered(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Each (token, slot) pair against its own expert's gathered weights, one batched matmul per projection:
+        static shapes, no sort, no counts. Compiled it reads only the chosen experts and beats the eager grouped
+        GEMM 2.4x at 1 token and 1.4x at 8 (the nano model's layer, one CPU thread); eager, the weight copies
+        make it 3-10x slower than the grouped GEMM, so only the compiled decode step uses it."""
+        t, k = ids.shape
+        flat = ids.reshape(-1)  # [T*k]
+        rows = x.repeat_interleave(k, dim=0)[:, :, None]  # [T*k, H, 1]
+        gate, up = torch.bmm(self.gate_up_proj[flat], rows).squeeze(-1).chunk(2, dim=-1)  # [T*k, I] each
+        out = torch.bmm(self.down_proj[flat], (self.act(gate) * up)[:, :, None]).squeeze(-1)  # [T*k, H]
+        return (out.view(t, k, -1) * weights[..., None].to(out.dtype)).sum(1)
+
+    def gathered_fits(self) -> bool:
+        """While a decode step is being compiled (glmv/engine/compiled_step.py), for plain float Experts: the
+        grouped GEMM has no fp32 meta kernel to trace and the sorted path's counts are data-dependent shapes."""
+        return type(self) is Experts and torch.compiler.is_compiling()
 
     @property
     def num_experts(self) -> int:

@@ -17,17 +17,19 @@ from starlette.middleware.cors import CORSMiddleware
 
 from glmv.engine.async_engine import AsyncEngine
 from glmv.engine.llm import LLM
+from glmv.errors import ConfigError
 from glmv.serve.chat import chat_completions
 from glmv.serve.completions import completions
 from glmv.serve.errors import contained, install_error_handlers
 from glmv.serve.gate import Gate
+from glmv.serve.images import ImageService, register_image_routes
 from glmv.serve.metrics import HttpCounter
 from glmv.serve.pooling import embeddings, score
 from glmv.serve.state import ServerState
 
 STATIC = Path(__file__).with_name("static")
 ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/score", "/v1/models", "/health",
-                    "/metrics", "/"})
+                    "/metrics", "/", "/v1/images/generations", "/v1/images/edits"})
 
 
 @dataclass(frozen=True)
@@ -41,16 +43,22 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS); "*" for any; none: off
 
 
-def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
-    """An app serving `llm`; its engine thread starts now and stops when the app shuts down."""
-    state = ServerState(AsyncEngine(llm, config.max_queue, config.max_batch, config.media_workers),
-                        config.served_model_name or llm.path.name)
+def create_app(llm: LLM, config: ServerConfig = ServerConfig(), images: ImageService | None = None) -> FastAPI:
+    """An app serving `llm` (and, with `images`, a GLM-Image model on /v1/images/*); its engine thread starts now
+    and stops when the app shuts down."""
+    name = config.served_model_name or llm.path.name
+    if llm.adapters is not None and name in llm.adapters.names:  # `model` must say which of the two it means
+        raise ConfigError(f"the served model name {name!r} is also a LoRA adapter's name: rename one "
+                          "(--served-model-name or --lora NAME=PATH)")
+    state = ServerState(AsyncEngine(llm, config.max_queue, config.max_batch, config.media_workers), name)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
         state.engine.shutdown()
         state.pooling.shutdown(wait=False, cancel_futures=True)
+        if images is not None:
+            images.shutdown()
 
     app = FastAPI(title="glmv", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.glmv = state
@@ -76,18 +84,24 @@ def create_app(llm: LLM, config: ServerConfig = ServerConfig()) -> FastAPI:
     async def score_route(request: Request) -> Response:
         return await score(request, state)
 
-    def model_card() -> dict:
-        return {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "glmv",
+    def model_card(lora: str | None = None) -> dict:
+        card = {"id": state.served_name(lora), "object": "model", "created": state.created, "owned_by": "glmv",
                 "max_model_len": state.context}
+        if lora is not None:  # vLLM's card of a LoRA adapter: its directory, and the base model it adapts
+            card.update(root=str(llm.adapters.paths[lora]), parent=state.model_name)
+        return card
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(), *map(model_card, state.adapter_names)]
+                + ([images.model_card()] if images is not None else [])}
 
     @app.get("/v1/models/{model_id:path}")  # a served name may hold a slash ("zai-org/GLM-4.5V")
     async def model(model_id: str) -> dict:
-        state.check_model(model_id)
-        return model_card()
+        return model_card(state.lora_for(model_id))
+
+    if images is not None:
+        register_image_routes(app, images)
 
     @app.get("/health")
     async def health() -> JSONResponse:

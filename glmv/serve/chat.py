@@ -21,13 +21,14 @@ from glmv.serve.state import ServerState, complete, deltas, event_stream, submit
 
 async def chat_completions(request: Request, state: ServerState) -> JSONResponse | StreamingResponse:
     req = ChatCompletionRequest.model_validate_json(await request.body())
-    state.check_model(req.model)
+    lora = state.lora_for(req.model)
     params = req.sampling_params(state.defaults, state.context)
     thinking, template_kwargs = req.template_kwargs()
     tools, tool_grammar = req.tool_plan(state.engine.llm.tokenizer.added_tokens)
     params = with_tool_grammar(params, tool_grammar)
-    handle, timer = await submit(state, state.engine.submit(req.messages, params, thinking, tools, **template_kwargs))
-    head = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": state.model_name}
+    handle, timer = await submit(state, state.engine.submit(req.messages, params, thinking, tools, lora,
+                                                            **template_kwargs))
+    head = {"id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": state.served_name(lora)}
     if req.stream:
         chunk_head = {**head, "object": "chat.completion.chunk"}
         return event_stream(state, handle, timer, chunk_head, req.include_usage, _choices(state, req, handle, timer))

@@ -16,10 +16,10 @@ from glmv.serve.state import ServerState, complete, deltas, event_stream, submit
 
 async def completions(request: Request, state: ServerState) -> JSONResponse | StreamingResponse:
     req = CompletionRequest.model_validate_json(await request.body())
-    state.check_model(req.model)
+    lora = state.lora_for(req.model)
     params = req.sampling_params(state.defaults, state.context)
-    handle, timer = await submit(state, state.engine.submit_prompt(req.prompt, params))
-    head = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": state.model_name}
+    handle, timer = await submit(state, state.engine.submit_prompt(req.prompt, params, lora))
+    head = {"id": new_id("cmpl"), "object": "text_completion", "created": now(), "model": state.served_name(lora)}
     if req.stream:
         return event_stream(state, handle, timer, head, req.include_usage, _choices(state, req, handle, timer))
     out = await complete(request, state, handle, timer)

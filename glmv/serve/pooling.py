@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from glmv.engine.async_engine import QueueFullError
 from glmv.errors import InputError
+from glmv.lora.serving import lora_scope
 from glmv.serve.protocol import EmbeddingRequest, ScoreRequest
 from glmv.serve.responses import new_id, now
 from glmv.serve.state import ServerState
@@ -20,7 +21,7 @@ from glmv.serve.state import ServerState
 
 async def embeddings(request: Request, state: ServerState) -> JSONResponse:
     req = EmbeddingRequest.model_validate_json(await request.body())
-    state.check_model(req.model)
+    lora = state.lora_for(req.model)
     inputs = req.inputs()
     pooler = state.engine.llm.pooler
     size = state.engine.llm.model.config.text.hidden_size
@@ -29,19 +30,20 @@ async def embeddings(request: Request, state: ServerState) -> JSONResponse:
 
     def work():
         rows = [pooler.row(x, req.add_generation_prompt) for x in inputs]
-        return rows, pooler.embed(rows)
+        with lora_scope(state.engine.llm.model, lora):
+            return rows, pooler.embed(rows)
 
     rows, vectors = await _in_pool(state, work)
     data = [{"object": "embedding", "index": i, "embedding": _encode(v.numpy(), req.encoding_format)}
             for i, v in enumerate(vectors)]
     tokens = sum(len(r.ids) for r in rows)
-    return JSONResponse({"object": "list", "data": data, "model": state.model_name,
+    return JSONResponse({"object": "list", "data": data, "model": state.served_name(lora),
                          "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
 async def score(request: Request, state: ServerState) -> JSONResponse:
     req = ScoreRequest.model_validate_json(await request.body())
-    state.check_model(req.model)
+    lora = state.lora_for(req.model)
     pairs = req.pairs()
     pooler = state.engine.llm.pooler
 
@@ -49,13 +51,14 @@ async def score(request: Request, state: ServerState) -> JSONResponse:
         scores, tokens = [], 0
         for query, candidates in pairs:
             rows, prefix_len = pooler.score_rows(query, candidates)
-            scores += pooler.score(rows, prefix_len)
+            with lora_scope(state.engine.llm.model, lora):
+                scores += pooler.score(rows, prefix_len)
             tokens += sum(len(r.ids) for r in rows)
         return scores, tokens
 
     scores, tokens = await _in_pool(state, work)
     data = [{"index": i, "object": "score", "score": s} for i, s in enumerate(scores)]
-    return JSONResponse({"id": new_id("score"), "object": "list", "created": now(), "model": state.model_name,
+    return JSONResponse({"id": new_id("score"), "object": "list", "created": now(), "model": state.served_name(lora),
                          "data": data, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 

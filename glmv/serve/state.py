@@ -43,10 +43,27 @@ class ServerState:
         llm = self.engine.llm
         return replace(llm.default_sampling_params(), stop_token_ids=list(llm.engine.eos_token_ids))
 
-    def check_model(self, name: str | None) -> None:
-        """`name` must be the served model; None (the client left `model` out) means it."""
-        if name is not None and name != self.model_name:
-            raise ModelNotFoundError(f"the model {name!r} does not exist; this server serves {self.model_name!r}")
+    @property
+    def adapter_names(self) -> tuple[str, ...]:
+        """The LoRA adapters served beside the base model (`glmv serve --lora NAME=PATH`), each a model id."""
+        adapters = self.engine.llm.adapters
+        return adapters.names if adapters is not None else ()
+
+    def lora_for(self, name: str | None) -> str | None:
+        """The adapter a request's `model` picks: None for the base model, an adapter's name for that adapter,
+        the LLM's default when `model` is left out; ModelNotFoundError for any other name (vLLM's rule)."""
+        if name is None:
+            return self.engine.llm.default_lora
+        if name == self.model_name:
+            return None
+        if name in self.adapter_names:
+            return name
+        served = ", ".join(repr(n) for n in (self.model_name, *self.adapter_names))
+        raise ModelNotFoundError(f"the model {name!r} does not exist; this server serves {served}")
+
+    def served_name(self, lora: str | None) -> str:
+        """The model id a response names: the adapter's, or the base model's."""
+        return lora if lora is not None else self.model_name
 
     def finish(self, handle: Handle, timer: RequestTimer) -> RequestOutput:
         out = self.engine.output(handle)

@@ -50,7 +50,11 @@ def free_port() -> int:
 def serve_process(model_dir: str | Path, *args: str, api_key: str | None = None,
                   startup_timeout: float = 120.0) -> Iterator[ServerProcess]:
     """Start `glmv serve --model model_dir ARGS` on a free loopback port; yield once /health answers 200.
-    The API key travels in the environment ($GLMV_API_KEY), as a deployment should pass it."""
+    The API key travels in the environment ($GLMV_API_KEY), as a deployment should pass it. The decode step is
+    not compiled unless ARGS say --compile: the engine's tests cover the compiled step, and a cold compile would
+    cost every test server start half a minute."""
+    if "--compile" not in args:
+        args = (*args, "--no-compile")
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="glmv-serve-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "glmv.cli", "--log-level", "INFO", "serve", "--model", str(model_dir),

@@ -72,7 +72,7 @@ def randomize(model, seed: int = 0) -> None:
                 p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")  # a plain function: module-scoped fixtures use it too
 def random_adapter():
     return randomize
 

@@ -1,0 +1,82 @@
+"""The compiled decode step (glmv/engine/compiled_step.py) against the eager engine: the same greedy tokens and
+logprobs for a batch of conversations of different lengths (text, image, video), alone and batched, with prefix
+caching; two graphs only (batch 1 and batch >= 2), whatever the context lengths; the gathered experts equal the
+grouped ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glmv import LLM, SamplingParams
+from glmv.config import TextConfig
+from glmv.errors import ConfigError
+from glmv.model.moe import Experts
+from glmv.testing.tiny_checkpoint import make_tiny_model_dir
+
+from tests.engine.test_engine_paged import conversations
+
+PARAMS = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=0)
+
+
+@pytest.fixture(scope="module", params=["glm4v_moe", pytest.param("glm4v", marks=pytest.mark.slow)])
+def pair(request, tmp_path_factory):
+    """(eager, compiled) LLMs over one tiny random checkpoint."""
+    path = make_tiny_model_dir(tmp_path_factory.mktemp(request.param), request.param)
+    torch._dynamo.reset()
+    return LLM(path, progress=False), LLM(path, progress=False, compile=True)
+
+
+def outputs(llm: LLM, convs: list) -> list[tuple[list[int], list[float]]]:
+    outs = [o.outputs[0] for o in llm.chat(convs, PARAMS)]
+    return [(o.token_ids, [lp[t] for lp, t in zip(o.logprobs, o.token_ids)]) for o in outs]
+
+
+def test_compiled_decode_equals_eager(pair):
+    eager, compiled = pair
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    convs = conversations()
+    for batch in ([convs[0]], convs, convs[1:3], convs):  # alone, batched, again from the prefix cache
+        want, got = outputs(eager, batch), outputs(compiled, batch)
+        for (ids_w, lp_w), (ids_g, lp_g) in zip(want, got):
+            assert ids_g == ids_w
+            assert max(abs(a - b) for a, b in zip(lp_w, lp_g)) <= 1e-4
+    # nothing compiled past the warm-up's two graphs: contexts of every length reuse them
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+
+
+def test_compile_takes_the_sdpa_backend(tmp_path):
+    path = make_tiny_model_dir(tmp_path)
+    with pytest.raises(ConfigError, match="sdpa"):
+        LLM(path, progress=False, compile=True, attention_backend="flex")
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 9])
+def test_gathered_experts_equal_grouped(tokens):
+    cfg = TextConfig(moe=True, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=1, head_dim=16, vocab_size=64, moe_intermediate_size=16,
+                     n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=1, first_k_dense_replace=0)
+    experts = Experts(cfg)
+    torch.nn.init.normal_(experts.gate_up_proj, std=0.2)
+    torch.nn.init.normal_(experts.down_proj, std=0.2)
+    gen = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, 32, generator=gen)
+    ids = torch.stack([torch.randperm(8, generator=gen)[:3] for _ in range(tokens)])
+    weights = torch.rand(tokens, 3, generator=gen)
+    with torch.inference_mode():
+        torch.testing.assert_close(experts._gathered(x, weights, ids), experts(x, weights, ids), atol=1e-6, rtol=1e-5)
+
+
+def test_a_failed_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
+    """A machine without a C++ compiler, or an operator Inductor cannot lower, costs the speed, not the engine."""
+    from glmv.engine.compiled_step import CompiledDecode
+
+    def broken(self):
+        raise RuntimeError("InductorError: no compiler here\nmore details")
+
+    monkeypatch.setattr(CompiledDecode, "warm_up", broken)
+    path = make_tiny_model_dir(tmp_path)
+    with caplog.at_level("WARNING", logger="glmv.engine.engine"):
+        llm = LLM(path, progress=False, compile=True)
+    assert llm.engine.runner.decode is None and "decoding eagerly: InductorError: no compiler here" in caplog.text
+    assert outputs(llm, [conversations()[0]]) == outputs(LLM(path, progress=False), [conversations()[0]])
