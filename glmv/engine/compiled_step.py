@@ -15,7 +15,6 @@ seconds (`warm_up` returns the time, the engine logs it).
 
 from __future__ import annotations
 
-import logging
 import time
 
 import torch
@@ -23,14 +22,12 @@ import torch
 from glmv.engine.paged_kv import PagedKVCache, PagedStep
 from glmv.model.glm4v import GlmvForConditionalGeneration
 
-log = logging.getLogger(__name__)
-
 
 class CompiledDecode:
     def __init__(self, model: GlmvForConditionalGeneration, cache: PagedKVCache):
         self.model, self.cache = model, cache
         # The model's weights are graph inputs, not constants, so guarding every parameter of every module on each
-        # call (a third of a nano step) buys nothing: training and adapters change weights in place.
+        # call (a tenth of a nano step) buys nothing: training and adapters change weights in place.
         self.fn = torch.compile(self._step, dynamic=True,
                                 options={"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe})
 
