@@ -1,6 +1,7 @@
 """Decode speed on the bundled nano model (or --model): glmv eager, glmv with the compiled decode step,
-transformers `generate`, and the floor: a tight loop of the same matmuls one decode step does (attention
-projections, dense / shared / the routed experts' MLPs, router, LM head), at batch 1 and 8. Greedy, fixed
+transformers `generate`, and the floor: a loop of the same matmuls the decode steps do (attention projections,
+dense / shared MLPs, router, LM head, and each step's routed experts as the model picked them: at batch 8 that is
+about ten experts per layer, not two), at batch 1 and 8. Greedy, fixed
 lengths; the variants alternate within each repeat so a busy machine slows all alike; medians are printed with
 ratios. Greedy ids of the three generators are compared (they must be identical).
 
@@ -21,30 +22,53 @@ from glmv import LLM, SamplingParams
 from glmv.model_path import resolve_model_path
 
 
-def matmul_floor(model, batch: int) -> callable:
-    """One decode step's matmuls and nothing else: every projection the step multiplies by, with the routed
-    experts of each MoE layer taken as its first `top-k` (one token picks k experts)."""
-    cfg = model.config.text
-    weights = []
+def decode_routing(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> list[list[torch.Tensor]]:
+    """The experts each MoE layer picked at every decode step of this generation: [step][moe layer] ids [B, k]
+    (read from the eager model's routers; the compiled run decodes the same ids)."""
+    batch, picks = len(prompts), []
+    routers = [layer.mlp.gate for layer in llm.model.language_model.layers if hasattr(layer.mlp, "experts")]
+    hooks = [r.register_forward_hook(lambda m, args, out: picks.append(out[1]) if out[1].shape[0] == batch else None)
+             for r in routers]
+    try:
+        llm.generate(prompts, params)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [picks[i : i + len(routers)] for i in range(0, len(picks), len(routers))]
+
+
+def matmul_floor(model, batch: int, routing: list[list[torch.Tensor]]) -> tuple[callable, int]:
+    """The decode steps' matmuls and nothing else: every projection a step multiplies by (attention projections,
+    dense / shared MLPs, router, LM head) on its batch rows, and the routed experts each MoE layer really picked
+    at that step (`routing`), each expert once on the rows routed to it. run() does every recorded step once."""
+    dense, moe_layers = [], []
     for layer in model.language_model.layers:
         attn, mlp = layer.self_attn, layer.mlp
-        weights += [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight]
+        dense += [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight, attn.o_proj.weight]
         if hasattr(mlp, "experts"):
-            weights += [mlp.gate.weight, mlp.shared_experts.gate_proj.weight, mlp.shared_experts.up_proj.weight,
-                        mlp.shared_experts.down_proj.weight]
-            for e in range(cfg.num_experts_per_tok):
-                weights += [mlp.experts.gate_up_proj[e], mlp.experts.down_proj[e]]
+            dense += [mlp.gate.weight, mlp.shared_experts.gate_proj.weight, mlp.shared_experts.up_proj.weight,
+                      mlp.shared_experts.down_proj.weight]
+            moe_layers.append(mlp.experts)
         else:
-            weights += [mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
-    weights.append(model.lm_head.weight)
-    xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in weights}
+            dense += [mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
+    dense.append(model.lm_head.weight)
+    steps = []
+    for picked in routing:
+        work = [(w, batch) for w in dense]
+        for experts, ids in zip(moe_layers, picked):
+            for e, rows in zip(*ids.flatten().unique(return_counts=True)):
+                work += [(experts.gate_up_proj[e], int(rows)), (experts.down_proj[e], int(rows))]
+        steps.append(work)
+    xs = {w.shape[1]: torch.randn(batch, w.shape[1], dtype=w.dtype) for w in dense}
+    xs.update({e.down_proj.shape[2]: torch.randn(batch, e.down_proj.shape[2]) for e in moe_layers})
 
     def run() -> None:
         with torch.inference_mode():
-            for w in weights:
-                F.linear(xs[w.shape[1]], w)
+            for work in steps:
+                for w, rows in work:
+                    F.linear(xs[w.shape[1]][:rows], w)
 
-    return run, len(weights)
+    return run, sum(len(w) for w in steps) / len(steps)
 
 
 def main() -> None:
@@ -82,7 +106,8 @@ def main() -> None:
         def glmv_ids(llm: LLM, n: int) -> list[list[int]]:
             return [o.outputs[0].token_ids for o in llm.generate(prompts.tolist(), replace(params, max_tokens=n))]
 
-        floor, n_mm = matmul_floor(eager.model, batch)
+        routing = decode_routing(eager, prompts.tolist(), replace(params, max_tokens=args.new))
+        floor, n_mm = matmul_floor(eager.model, batch, routing)
         runs = {"transformers": tf_ids, "eager": lambda n: glmv_ids(eager, n),
                 "compiled": lambda n: glmv_ids(compiled, n)}
         same = len({str(f(args.new)) for f in runs.values()}) == 1
@@ -93,14 +118,14 @@ def main() -> None:
                 t = time.perf_counter(); f(args.new); full = time.perf_counter() - t
                 per_step[name].append((full - one) / (args.new - 1))
             t = time.perf_counter()
-            for _ in range(20):
-                floor()
-            per_step["matmuls"].append((time.perf_counter() - t) / 20)
+            floor()
+            per_step["matmuls"].append((time.perf_counter() - t) / len(routing))
         ms = {name: 1e3 * statistics.median(v) for name, v in per_step.items()}
         print(f"{batch:5d} {ms['transformers']:13.2f} {ms['eager']:8.2f} {ms['compiled']:9.2f} {ms['matmuls']:8.2f}   "
               f"{ms['transformers'] / ms['compiled']:13.2f}x {ms['eager'] / ms['compiled']:8.2f}x "
               f"{ms['compiled'] / ms['matmuls']:9.2f}x  {same}")
-    print(f"(the matmul floor is {n_mm} matmuls; 'vs matmuls' is compiled ms / floor ms, 1.0 = nothing but matmuls)")
+        print(f"      (the floor's step: {n_mm:.1f} matmuls)")
+    print("'vs matmuls' is compiled ms / floor ms: 1.0 = nothing but the step's matmuls")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,11 @@
 of fp32, bf16, int8 (weight-only, bf16 activations) and int4 g128 (routed experts), greedy, fixed lengths. The
 variants run alternately in one process; ratios are against fp32 (>1: faster / smaller).
 
-    python benchmarks/bench_quant.py [--model PATH] [--threads 2] [--batch 1] [--new 32] [--device cpu]
+    python benchmarks/bench_quant.py [--model PATH | --wide] [--threads 2] [--batch 1] [--new 32] [--device cpu]
+
+--wide builds a random 4-layer checkpoint with GLM-4.5V's expert width (hidden 1024, experts of 1408, 16 of them,
+top-4; 0.9 GB in fp32): its weights stream from DRAM at every step, as a real model's do, where the nano model's
+mostly stay in cache.
 """
 
 from __future__ import annotations
@@ -16,7 +20,14 @@ import torch
 from glmv import LLM, SamplingParams
 from glmv.model_path import resolve_model_path
 from glmv.quant.convert import convert
+from glmv.testing.tiny_checkpoint import make_tiny_model_dir
 from glmv.timing import median_time
+
+
+WIDE = dict(hidden_size=1024, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=16,
+            num_key_value_heads=4, head_dim=64, moe_intermediate_size=1408, n_routed_experts=16, num_experts_per_tok=4,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                             "mrope_section": [4, 6, 6]})
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
@@ -27,6 +38,7 @@ def weight_bytes(model: torch.nn.Module) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint directory (default: the bundled nano GLM-V)")
+    ap.add_argument("--wide", action="store_true", help="a random checkpoint with GLM-4.5V's expert width")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=64)
@@ -35,8 +47,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    src = resolve_model_path(args.model)
     tmp = Path(tempfile.mkdtemp())
+    src = make_tiny_model_dir(tmp / "wide", text=WIDE) if args.wide else resolve_model_path(args.model)
     int8 = convert(src, tmp / "int8", "int8", only="all", dtype="bfloat16", progress=False)
     int4 = convert(src, tmp / "int4", "int4", group_size=64, only="experts", dtype="bfloat16", progress=False)
     variants = {"fp32": LLM(src, dtype="float32", device=args.device, progress=False),

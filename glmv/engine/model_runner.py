@@ -4,11 +4,14 @@ model's tensors, runs the model over the paged cache, and returns each row's nex
 Rows are left-padded to the longest chunk. Everything is prepared here as tensors on the host (ids, types, 3D
 positions, media rows, slots, the attention mask or block tables), so the model itself sees plain shapes and reads
 no device values. With the "sdpa" backend a row's keys are its cached tokens (left-padded to the longest context)
-followed by its chunk; with "flex" the pool is read in place (glmv/engine/paged_kv.py).
+followed by its chunk; with "flex" the pool is read in place (glmv/engine/paged_kv.py). A decode step (every row
+feeding back one generated token, "sdpa") gets its inputs from `_decode_inputs`, built for the whole batch at
+once, and goes to the compiled step when there is one.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from glmv.engine.compiled_step import CompiledDecode
@@ -37,6 +40,14 @@ class ModelRunner:
         """work: (sequence, tokens to compute from its num_computed on). Writes their keys/values and returns the
         logits [B, vocab] (fp32) after each row's last computed token."""
         device = self.model.device
+        decoding = self._decode_inputs(work) if self.backend == "sdpa" else None
+        if decoding is not None and self.decode is not None:
+            return self.decode(*decoding)
+        if decoding is not None:  # eager decode: the same inputs, the key mask made here
+            ids, types, positions, write, read, real = decoding
+            mask = real.bool()[:, None, None, :].to(device) if len(work) > 1 else None
+            return self._run(work, ids, types, positions, PagedStep(self.cache, write.to(device), read.to(device), mask),
+                             {IMAGE: [], VIDEO: []}, 1)
         b = len(work)
         q = max(n for _, n in work)
         ids = torch.zeros(b, q, dtype=torch.long)
@@ -54,16 +65,44 @@ class ModelRunner:
                 rows = seq.media_rows(kind, start, end)
                 if rows is not None:
                     media[kind].append(rows)
-        if self.decode is not None and q == 1 and not (media[IMAGE] or media[VIDEO]):
-            read, real = self._sdpa_slots(work, write, q)
-            return self.decode(ids, types, positions, write, read, real)
         step = (self._sdpa_step if self.backend == "sdpa" else self._flex_step)(work, write, q, device)
+        return self._run(work, ids, types, positions, step, media, q)
+
+    def _run(self, work: list[tuple[Sequence, int]], ids: torch.Tensor, types: torch.Tensor, positions: torch.Tensor,
+             step: PagedStep | FlexPagedStep, media: dict[int, list[torch.Tensor]], q: int) -> torch.Tensor:
+        device = self.model.device
         with lora_batch(self.model, [seq.lora for seq, _ in work], q):  # each row's adapter (glmv/lora/mapping.py)
             out = self.model(
                 ids.to(device), mm_token_type_ids=types.to(device), position_ids=positions.to(device), cache=step,
                 image_embeds=media[IMAGE], video_embeds=media[VIDEO], logits_to_keep=1,
             )
         return out.logits[:, -1].float()
+
+    def _decode_inputs(self, work: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, ...] | None:
+        """A decode step's inputs when every row feeds back one generated token (None otherwise), built with a few
+        array ops for the whole batch instead of per-row slices: per-row Python was a fair share of a small
+        model's step, and in a server it holds the GIL the event loop needs. A row's keys are right-padded here (the mask says which are real; their order
+        within a row does not matter to attention): read [B, L] = the slots of tokens 0..t, then padding."""
+        rows = []
+        for seq, n in work:
+            prompt = len(seq.prompt_ids)
+            if n != 1 or seq.num_computed < prompt or seq.layout.decode_positions is not None:
+                return None
+            rows.append((seq.output_ids[seq.num_computed - prompt], seq.num_computed, seq.num_computed + seq.layout.delta))
+        # numpy: a dozen small array ops cost microseconds there, tens of them as torch ops
+        ids, index, position = np.array(rows).T  # each [B]
+        bs, pad = self.cache.block_size, self.cache.num_blocks  # block `num_blocks` is the scratch block
+        width = max(len(seq.block_table) for seq, _ in work)
+        tables = np.array([seq.block_table + [pad] * (width - len(seq.block_table)) for seq, _ in work])
+        keys = np.arange(index.max() + 1)  # [L]
+        real = keys <= index[:, None]  # [B, L]
+        read = np.where(real, tables[:, keys // bs] * bs + keys % bs, self.cache.pad_slot)
+        write = read[np.arange(len(work)), index][:, None]  # [B, 1]
+        positions = np.broadcast_to(position[None, :, None], (3, len(work), 1))
+        # fresh inference tensors with the default strides (copies made here, under inference mode), as the
+        # warm-up's: numpy's strides of size-1 dimensions, or plain tensors, would be guarded on and compiled again
+        return tuple(torch.from_numpy(a.astype(np.int64)).clone(memory_format=torch.contiguous_format) for a in
+                     (ids[:, None], np.zeros_like(write), positions, write, read, real))
 
     def _sdpa_slots(self, work: list[tuple[Sequence, int]], write: torch.Tensor, q: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per row the slots of its cached keys (left-padded to the longest context), then its chunk's: read

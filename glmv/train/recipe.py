@@ -35,7 +35,8 @@ class Recipe:
     # probability that a training sample is drawn in a random look and wording (glmv.world.sample's variety);
     # 0 gives the plain samples
     variety: float = 0.0
-    thinking: float = 0.0  # fraction of examples in the thinking format (SFT)
+    # fraction of SFT examples / RL prompts in the thinking format; unset: none for SFT, all for RL
+    thinking: float | None = None
     save_every: int = 200
     log_every: int = 10
     keep_checkpoints: int = 2
@@ -82,6 +83,8 @@ class Recipe:
         recipe = cls(**data)
         if not isinstance(recipe.variety, (int, float)) or not 0 <= recipe.variety <= 1:
             raise ConfigError(f"recipe {path}: 'variety' is a probability in [0, 1], got {recipe.variety!r}")
+        if recipe.thinking is not None and (not isinstance(recipe.thinking, (int, float)) or not 0 <= recipe.thinking <= 1):
+            raise ConfigError(f"recipe {path}: 'thinking' is a fraction in [0, 1], got {recipe.thinking!r}")
         if recipe.stage not in STAGES:
             raise ConfigError(f"recipe {path}: stage must be one of {STAGES}, got {recipe.stage!r}")
         if recipe.stage == "finetune":

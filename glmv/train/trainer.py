@@ -95,7 +95,7 @@ class Trainer:
         """Micro-batch `micro` of step `step` (deterministic)."""
         r = self.recipe
         draws = self.mixture.draw(step * r.grad_accum + micro, r.batch_size)
-        thinking = np.random.default_rng([r.seed, step, micro, 1]).random(len(draws)) < r.thinking
+        thinking = np.random.default_rng([r.seed, step, micro, 1]).random(len(draws)) < (r.thinking or 0.0)
         examples = [self.make_example(task, index, bool(t)) for (task, index), t in zip(draws, thinking)]
         return collate(examples, self.processor.tokenizer.pad_token_id)
 

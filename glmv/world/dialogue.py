@@ -58,7 +58,7 @@ def _score(out: str, s: Sample) -> float:
 
 
 def _reward(out: str, s: Sample) -> float:
-    return scoring.box_iou(out, s.truth["answer"]) if s.truth["kind"] == "box" else _score(out, s)
+    return scoring.box_reward(out, s.truth["answer"]) if s.truth["kind"] == "box" else _score(out, s)
 
 
 @register("dialogue", "dialogue", _score, _reward, sample_type=DialogueSample)

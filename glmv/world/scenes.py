@@ -72,7 +72,7 @@ def _ground_score(out, s):
     return float(scoring.box_iou(out, s.truth["box"]) >= 0.5)
 
 
-@register("ground", "scenes", _ground_score, lambda out, s: scoring.box_iou(out, s.truth["box"]))
+@register("ground", "scenes", _ground_score, lambda out, s: scoring.box_reward(out, s.truth["box"]))
 def ground(rng, style):
     img, objects = scene(rng, style, int(rng.integers(1, 4)))
     o = objects[rng.integers(len(objects))]

@@ -80,3 +80,35 @@ def test_a_failed_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
         llm = LLM(path, progress=False, compile=True)
     assert llm.engine.runner.decode is None and "decoding eagerly: InductorError: no compiler here" in caplog.text
     assert outputs(llm, [conversations()[0]]) == outputs(LLM(path, progress=False), [conversations()[0]])
+
+
+def test_decode_inputs_read_the_same_keys_as_the_general_path():
+    """The compiled step's vectorised inputs (right-padded keys) against the general path's (left-padded): per row
+    the same token, position, write slot and set of real key slots; rows that are not plain decoding go the
+    general way."""
+    from glmv.engine.model_runner import ModelRunner
+    from glmv.engine.paged_kv import PagedKVCache
+    from glmv.engine.sequence import Layout, Sequence
+
+    cache = PagedKVCache(1, num_blocks=12, block_size=4, kv_heads=1, head_dim=2, dtype=torch.float32, device="cpu")
+    runner = ModelRunner.__new__(ModelRunner)
+    runner.cache = cache
+    work = []
+    for prompt, out, blocks, delta in ((5, 3, [7, 2], 0), (2, 1, [4], -3), (9, 4, [0, 11, 5, 9], 6)):
+        seq = Sequence(prompt_ids=list(range(100, 100 + prompt)), params=SamplingParams(),
+                       output_ids=list(range(200, 200 + out)), block_table=blocks, num_computed=prompt + out - 1)
+        seq.layout = Layout(types=torch.zeros(prompt, dtype=torch.long), positions=torch.zeros(3, prompt, dtype=torch.long),
+                            delta=delta, image_rows=None, video_rows=None, image_before=[0] * (prompt + 1),
+                            video_before=[0] * (prompt + 1))
+        work.append((seq, 1))
+    ids, types, positions, write, read, real = runner._decode_inputs(work)
+    want_write = torch.stack([cache.slots(s.block_table, s.num_computed + 1)[-1:] for s, _ in work])
+    want_read, want_real = runner._sdpa_slots(work, want_write, 1)
+    assert ids.flatten().tolist() == [s.output_ids[-1] for s, _ in work]
+    assert positions.tolist() == [[[s.num_computed + s.layout.delta] for s, _ in work]] * 3
+    assert torch.equal(write, want_write) and not types.any()
+    for i in range(len(work)):
+        assert sorted(read[i][real[i].bool()].tolist()) == sorted(want_read[i][want_real[i].bool()].tolist())
+        assert (read[i][~real[i].bool()] == cache.pad_slot).all()
+    prefill = Sequence(prompt_ids=[1, 2, 3], params=SamplingParams(), block_table=[3], num_computed=2)
+    assert runner._decode_inputs([*work, (prefill, 1)]) is None

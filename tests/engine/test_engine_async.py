@@ -92,3 +92,30 @@ def test_one_wake_up_of_the_event_loop_per_step(llm):
 
     texts, wake_ups, steps = asyncio.run(main())
     assert all(texts) and 0 < wake_ups <= steps < 16  # per token per stream: 2 x 8 = 16 or more
+
+
+def test_a_reader_behind_the_engine_gets_what_waits_in_one_delta():
+    """Deltas already queued for the same sample join the one in hand (a busy event loop writes fewer chunks);
+    another sample's delta, the end, or an error after them are kept, in order."""
+    from types import SimpleNamespace
+
+    from glmv.engine.async_engine import Handle
+    from glmv.engine.llm import StreamDelta
+    from glmv.errors import InputError
+
+    async def read(items: list) -> list:
+        handle = Handle(SimpleNamespace(seqs=[None, None]), asyncio.get_running_loop())
+        for item in items:
+            handle.queue.put_nowait(item)
+        got = []
+        try:
+            async for d in handle:
+                got.append((d.index, d.text, d.finish_reason))
+        except InputError as e:
+            got.append(str(e))
+        return got
+
+    d = lambda i, text, reason=None: StreamDelta(0, i, text, reason)  # noqa: E731
+    assert asyncio.run(read([d(0, "a"), d(0, "b"), d(1, "x"), d(0, "c"), d(0, "d", "stop"), d(0, "e"), None])) == [
+        (0, "ab", None), (1, "x", None), (0, "cd", "stop"), (0, "e", None)]
+    assert asyncio.run(read([d(0, "a"), d(0, "b"), InputError("bad"), d(0, "never")])) == [(0, "ab", None), "bad"]

@@ -235,3 +235,16 @@ def test_null_generation_values_keep_the_defaults(model_dir, tmp_path):
     with_generation_config(model_dir, tmp_path, json.dumps({"temperature": None, "top_p": 0.5}))
     params = glmv.LLM(tmp_path, progress=False).default_sampling_params()
     assert (params.temperature, params.top_p) == (1.0, 0.5)
+
+
+def test_a_packed_int4_checkpoint_is_not_taken_for_a_wrong_config(tmp_path):
+    """Packed int4 weights take half a byte each: a checkpoint mostly of them holds fewer bytes than weights and
+    is still accepted (GLM-4.5V with int4 experts: ~107B weights in ~64 GB)."""
+    from glmv.quant.convert import convert
+    from glmv.testing.tiny_checkpoint import make_tiny_model_dir
+
+    src = make_tiny_model_dir(tmp_path / "src", text={"n_routed_experts": 64, "moe_intermediate_size": 64})
+    dst = convert(src, tmp_path / "int4", "int4", group_size=32, only="experts", dtype="bfloat16", progress=False)
+    weights = sum(GlmvConfig.from_pretrained(dst).weight_counts().values())
+    assert sum(f.stat().st_size for f in dst.glob("*.safetensors")) < weights  # under a byte a weight
+    glmv.load_model(dst)

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("diffusers", reason="GLM-Image's DiT side needs diffusers (pip install 'glmv[image]')")
@@ -46,8 +47,11 @@ def pipe(image_dir):
 
 @pytest.fixture(scope="module")
 def both(model_dir, image_dir):
-    """A chat model and the image model in one server."""
-    with serve_process(model_dir, "--image-model", str(image_dir), api_key=API_KEY) as s:
+    """A chat model and the image model in one server, with this process's thread count: images are compared
+    bit for bit with the in-process pipeline's, and a different OpenMP team sums in another order (the server's
+    default follows the load average, so it differed whenever the machine was busy)."""
+    with serve_process(model_dir, "--image-model", str(image_dir), "--threads", str(torch.get_num_threads()),
+                       api_key=API_KEY) as s:
         yield s
 
 

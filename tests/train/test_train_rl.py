@@ -52,5 +52,26 @@ def test_curriculum_prefers_informative_tasks():
     c.rate = {"solved": 1.0, "hard": 0.0, "learning": 0.5}
     w = c.weights(["solved", "hard", "learning"])
     assert w[2] > 4 * w[0] and w[0] == w[1] > 0
+    shared = c.weights(["solved", "hard", "learning"], np.array([0.5, 0.25, 0.25]))  # the recipe's weights too
+    assert shared[0] == pytest.approx(2 * shared[1]) and shared[2] > 2 * shared[0]
     c.update("hard", 1.0)
     assert c.rate["hard"] == pytest.approx(0.1)
+
+
+def test_rl_prompts_think_by_the_recipes_share(tmp_path):
+    """`thinking` unset: every RL prompt thinks; a share: that fraction of them, drawn per prompt."""
+    from glmv.errors import ConfigError
+    from glmv.train.recipe import Recipe
+
+    def prompts(extra: str) -> list[bool]:
+        path = tmp_path / "r.yaml"
+        path.write_text(f"stage: rl\nout: {tmp_path / 'out'}\ntasks: {{color: 1}}\n{extra}")
+        trainer = GRPOTrainer(Recipe.load(path), tmp_path, progress=False)
+        return [trainer.make_prompt("color", i).thinking for i in range(40)]
+
+    assert all(prompts(""))
+    half = prompts("thinking: 0.5\n")
+    assert 10 <= sum(half) <= 30
+    assert not any(prompts("thinking: 0\n"))
+    with pytest.raises(ConfigError, match="thinking"):
+        prompts("thinking: 2\n")

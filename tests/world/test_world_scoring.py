@@ -38,6 +38,17 @@ def test_box_iou_any_bracket_style():
     assert scoring.box_iou("no box", truth) == 0.0
 
 
+def test_box_reward_ranks_misses_and_refuses_malformed_boxes():
+    truth = [100, 100, 300, 300]
+    assert scoring.box_reward("<|begin_of_box|>[100,100,300,300]<|end_of_box|>", truth) == 1.0
+    near, far = scoring.box_reward("[320,320,400,400]", truth), scoring.box_reward("[800,800,900,900]", truth)
+    assert scoring.BOX_FORMAT < far < near < 0.6  # both miss (IoU 0), the nearer earns more
+    assert scoring.box_reward("[150,150,350,350]", truth) > scoring.box_iou("[150,150,350,350]", truth)
+    # a box broken by a stray box token is not read, and earns less than any well-formed box
+    assert scoring.box_reward("<|begin_of_box|>[8,8,8,8<|begin_of_box|>6]<|end_of_box|>", truth) == 0.0
+    assert scoring.box_reward("no box", truth) == 0.0
+
+
 def test_json_f1_field_level_and_malformed():
     truth = {"A": 3, "B": 7, "C": 5}
     assert scoring.json_f1('```json\n{"A": 3, "B": 7, "C": 5}\n```', truth) == 1.0
