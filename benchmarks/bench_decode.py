@@ -1,9 +1,9 @@
 """Decode speed on the bundled nano model (or --model): glmv eager, glmv with the compiled decode step,
 transformers `generate`, and the floor: a loop of the same matmuls the decode steps do (attention projections,
 dense / shared MLPs, router, LM head, and each step's routed experts as the model picked them: at batch 8 that is
-about ten experts per layer, not two), at batch 1 and 8. Greedy, fixed
-lengths; the variants alternate within each repeat so a busy machine slows all alike; medians are printed with
-ratios. Greedy ids of the three generators are compared (they must be identical).
+about nine experts per layer, not two), at batch 1 and 8. Greedy, fixed lengths; the variants alternate within
+each repeat so a busy machine slows all alike; medians are printed with ratios. Greedy ids of the three
+generators are compared (they must be identical).
 
     python benchmarks/bench_decode.py [--threads 2] [--new 64] [--repeats 3] [--model PATH]
 """

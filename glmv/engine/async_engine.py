@@ -76,7 +76,10 @@ class Handle:
         per token, so its cost per token falls as the load rises; a reader that keeps up gets one per token."""
         held: Any = _NOTHING
         while True:
-            item, held = (await self.queue.get() if held is _NOTHING else held), _NOTHING
+            if held is _NOTHING:
+                item = await self.queue.get()
+            else:
+                item, held = held, _NOTHING
             if item is None:
                 return
             if isinstance(item, BaseException):
