@@ -57,20 +57,31 @@ def numeric(output: str, expected: float, tolerance: float = 0.0) -> float:
     return float(value is not None and abs(value - expected) <= tolerance + 1e-9)
 
 
-def iou(a: list[float], b: list[float]) -> float:
+def _overlap(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(intersection, union) areas of two [x1, y1, x2, y2] boxes."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter, (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    inter, union = _overlap(a, b)
     return inter / union if union > 0 else 0.0
 
 
+def _first_box(output: str) -> list[float] | None:
+    """The answer's first box, read as LLM.ground reads them (glmv.engine.grounding.find_boxes): any bracket
+    style, those inside box tokens when there are some, the reasoning left out, corners ordered, clipped to
+    0..1000; None when there is no well-formed one."""
+    boxes = find_boxes(output)
+    return boxes[0].box_1000 if boxes else None
+
+
 def box_iou(output: str, expected: list[float]) -> float:
-    """IoU of the first box of the answer with the expected one. Boxes are read as LLM.ground reads them
-    (glmv.engine.grounding.find_boxes): any bracket style, those inside box tokens when there are some, the
-    reasoning left out, corners ordered, clipped to 0..1000."""
-    boxes = [b.box_1000 for b in find_boxes(output)]
-    return iou(boxes[0], expected) if boxes else 0.0
+    """IoU of the first box of the answer with the expected one (0 without one)."""
+    box = _first_box(output)
+    return 0.0 if box is None else iou(box, expected)
 
 
 BOX_FORMAT = 0.25  # the share of a box reward earned by a well-formed box
@@ -82,15 +93,12 @@ def box_reward(output: str, expected: list[float]) -> float:
     learn from (the stop-24 policy answered a constant [8,8,8,8]); GIoU (Rezatofighi et al., 2019) still ranks a
     miss by how far off it is, and the format share keeps a malformed answer well below any box (without it, a
     far box earned ~0.1 against 0 and RL left 11 of 30 thinking answers malformed, stop 25)."""
-    boxes = [b.box_1000 for b in find_boxes(output)]
-    if not boxes:
+    a, b = _first_box(output), expected
+    if a is None:
         return 0.0
-    a, b = boxes[0], expected
+    inter, union = _overlap(a, b)
     hull = (max(a[2], b[2]) - min(a[0], b[0])) * (max(a[3], b[3]) - min(a[1], b[1]))
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    giou = iou(a, b) - ((hull - union) / hull if hull > 0 else 0.0)
+    giou = (inter / union if union > 0 else 0.0) - ((hull - union) / hull if hull > 0 else 0.0)
     return BOX_FORMAT + (1 - BOX_FORMAT) * (giou + 1) / 2
 
 
