@@ -84,7 +84,7 @@ class Engine:
             try:
                 log.info("decode step compiled in %.1f s (torch.compile; warm after the first run with these "
                          "shapes)", self.runner.decode.warm_up())
-            except Exception as e:  # no C++ compiler, an operator Inductor cannot lower (int8 weights in 2.13)...
+            except Exception as e:  # no C++ compiler, a module Dynamo cannot trace (quantised ones in torch 2.13)...
                 log.warning("compiling the decode step failed, decoding eagerly: %s", str(e).splitlines()[0])
                 self.runner.decode = None
         self.vision = VisionCache(model)

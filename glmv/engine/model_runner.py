@@ -81,16 +81,21 @@ class ModelRunner:
     def _decode_inputs(self, work: list[tuple[Sequence, int]]) -> tuple[torch.Tensor, ...] | None:
         """A decode step's inputs when every row feeds back one generated token (None otherwise), built with a few
         array ops for the whole batch instead of per-row slices: per-row Python was a fair share of a small
-        model's step, and in a server it holds the GIL the event loop needs. A row's keys are right-padded here (the mask says which are real; their order
-        within a row does not matter to attention): read [B, L] = the slots of tokens 0..t, then padding."""
+        model's step, and in a server it holds the GIL the event loop needs. A row's keys are right-padded here
+        (the mask says which are real; their order within a row does not matter to attention): read [B, L] = the
+        slots of tokens 0..t, then padding."""
         rows = []
         for seq, n in work:
-            prompt = len(seq.prompt_ids)
-            if n != 1 or seq.num_computed < prompt or seq.layout.decode_positions is not None:
+            t, prompt, lay = seq.num_computed, len(seq.prompt_ids), seq.layout
+            if n != 1 or t < prompt:
                 return None
-            rows.append((seq.output_ids[seq.num_computed - prompt], seq.num_computed, seq.num_computed + seq.layout.delta))
+            # the token's 3D position, as Sequence.positions gives it
+            schedule = lay.decode_positions
+            position = [t + lay.delta] * 3 if schedule is None else schedule[:, t - prompt].tolist()
+            rows.append((seq.output_ids[t - prompt], t, *position))
         # numpy: a dozen small array ops cost microseconds there, tens of them as torch ops
-        ids, index, position = np.array(rows).T  # each [B]
+        rows = np.array(rows)
+        ids, index, positions = rows[:, 0], rows[:, 1], rows[:, 2:].T[:, :, None]  # [B], [B], [3, B, 1]
         bs, pad = self.cache.block_size, self.cache.num_blocks  # block `num_blocks` is the scratch block
         width = max(len(seq.block_table) for seq, _ in work)
         tables = np.array([seq.block_table + [pad] * (width - len(seq.block_table)) for seq, _ in work])
@@ -98,7 +103,6 @@ class ModelRunner:
         real = keys <= index[:, None]  # [B, L]
         read = np.where(real, tables[:, keys // bs] * bs + keys % bs, self.cache.pad_slot)
         write = read[np.arange(len(work)), index][:, None]  # [B, 1]
-        positions = np.broadcast_to(position[None, :, None], (3, len(work), 1))
         # fresh inference tensors with the default strides (copies made here, under inference mode), as the
         # warm-up's: numpy's strides of size-1 dimensions, or plain tensors, would be guarded on and compiled again
         return tuple(torch.from_numpy(a.astype(np.int64)).clone(memory_format=torch.contiguous_format) for a in

@@ -83,9 +83,9 @@ def test_a_failed_compile_falls_back_to_eager(tmp_path, monkeypatch, caplog):
 
 
 def test_decode_inputs_read_the_same_keys_as_the_general_path():
-    """The compiled step's vectorised inputs (right-padded keys) against the general path's (left-padded): per row
-    the same token, position, write slot and set of real key slots; rows that are not plain decoding go the
-    general way."""
+    """The decode step's vectorised inputs (right-padded keys) against the general path's (left-padded): per row
+    the same token, position (a model's own decode schedule included), write slot and set of real key slots;
+    a batch with a row that is not plain decoding goes the general way."""
     from glmv.engine.model_runner import ModelRunner
     from glmv.engine.paged_kv import PagedKVCache
     from glmv.engine.sequence import Layout, Sequence
@@ -94,18 +94,21 @@ def test_decode_inputs_read_the_same_keys_as_the_general_path():
     runner = ModelRunner.__new__(ModelRunner)
     runner.cache = cache
     work = []
-    for prompt, out, blocks, delta in ((5, 3, [7, 2], 0), (2, 1, [4], -3), (9, 4, [0, 11, 5, 9], 6)):
+    schedule = torch.tensor([[50, 51, 52], [60, 62, 64], [70, 73, 76]])  # a model's own decode positions [3, D]
+    for prompt, out, blocks, delta, own in ((5, 3, [7, 2], 0, None), (2, 1, [4], -3, None),
+                                            (9, 4, [0, 11, 5, 9], 6, None), (3, 2, [6, 1], 0, schedule)):
         seq = Sequence(prompt_ids=list(range(100, 100 + prompt)), params=SamplingParams(),
                        output_ids=list(range(200, 200 + out)), block_table=blocks, num_computed=prompt + out - 1)
         seq.layout = Layout(types=torch.zeros(prompt, dtype=torch.long), positions=torch.zeros(3, prompt, dtype=torch.long),
                             delta=delta, image_rows=None, video_rows=None, image_before=[0] * (prompt + 1),
-                            video_before=[0] * (prompt + 1))
+                            video_before=[0] * (prompt + 1), decode_positions=own)
         work.append((seq, 1))
     ids, types, positions, write, read, real = runner._decode_inputs(work)
     want_write = torch.stack([cache.slots(s.block_table, s.num_computed + 1)[-1:] for s, _ in work])
     want_read, want_real = runner._sdpa_slots(work, want_write, 1)
     assert ids.flatten().tolist() == [s.output_ids[-1] for s, _ in work]
-    assert positions.tolist() == [[[s.num_computed + s.layout.delta] for s, _ in work]] * 3
+    assert torch.equal(positions, torch.stack([s.positions(s.num_computed, s.num_computed + 1) for s, _ in work], 1))
+    assert positions[:, -1, 0].tolist() == [51, 62, 73]
     assert torch.equal(write, want_write) and not types.any()
     for i in range(len(work)):
         assert sorted(read[i][real[i].bool()].tolist()) == sorted(want_read[i][want_real[i].bool()].tolist())
