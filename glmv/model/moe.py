@@ -25,8 +25,9 @@ class Router(nn.Module):
         self.register_buffer("e_score_correction_bias", torch.zeros(cfg.n_routed_experts, dtype=torch.float32))
         self.last_load: torch.Tensor | None = None  # tokens per expert of the last training forward (balancing)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [T, H] -> (weights [T, k] fp32, expert ids [T, k])."""
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [T, H] -> (weights [T, k] fp32, expert ids [T, k]). real [T] bool: the tokens a training forward
+        counts toward the experts' load (padding is routed like any token but left out of the balance)."""
         cfg = self.cfg
         scores = F.linear(x.float(), self.weight.float()).sigmoid()  # [T, E]
         choice = scores + self.e_score_correction_bias.float()
@@ -38,7 +39,7 @@ class Router(nn.Module):
             choice = choice.masked_fill(~keep[..., None].expand_as(groups).reshape(t, -1), float("-inf"))
         ids = choice.topk(cfg.num_experts_per_tok, dim=-1, sorted=False).indices
         if self.training:
-            load = torch.bincount(ids.flatten(), minlength=cfg.n_routed_experts)
+            load = torch.bincount((ids if real is None else ids[real]).flatten(), minlength=cfg.n_routed_experts)
             self.last_load = load if self.last_load is None else self.last_load + load
         weights = scores.gather(1, ids)
         if cfg.norm_topk_prob:
@@ -161,8 +162,9 @@ class MoE(nn.Module):
         self.experts = Experts(cfg)
         self.shared_experts = SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts, cfg.hidden_act)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, L, H] -> [B, L, H]; real [B * L] bool: Router.forward."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        weights, ids = self.gate(flat)
+        weights, ids = self.gate(flat, real)
         return self.experts(flat, weights, ids).view(shape) + self.shared_experts(x)

@@ -55,10 +55,11 @@ class DecoderLayer(nn.Module):
         else:
             self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
 
-    def forward(self, h, cos, sin, mask, cache):
+    def forward(self, h, cos, sin, mask, cache, real: torch.Tensor | None = None):
         a = self.self_attn(self.input_layernorm(h), cos, sin, mask, cache)
         h = h + (self.post_self_attn_layernorm(a) if self.sandwich else a)
-        f = self.mlp(self.post_attention_layernorm(h))
+        x = self.post_attention_layernorm(h)
+        f = self.mlp(x, real) if isinstance(self.mlp, MoE) else self.mlp(x)
         return h + (self.post_mlp_layernorm(f) if self.sandwich else f)
 
 
@@ -93,9 +94,14 @@ class TextModel(nn.Module):
         cos, sin = mrope_cos_sin(
             position_ids, cfg.rotary_dim, cfg.rope_theta, cfg.mrope_section, self.interleaved, inputs_embeds.dtype
         )
+        # Training balances the routers on the experts' load (glmv/train/trainer.py): padding, whose hidden states
+        # depend on how a batch was split and padded, must not count (it made one rank's load differ from the
+        # whole batch's, and steered the bias toward wherever pad tokens route).
+        counted = self.training and attention_mask is not None and attention_mask.dim() == 2
+        real = attention_mask.reshape(-1).bool() if counted else None
         h = inputs_embeds
         for layer in self.layers:
-            h = layer(h, cos, sin, mask, cache)
+            h = layer(h, cos, sin, mask, cache, real)
         if cache is not None:
             cache.advance(q_len)
         return self.norm(h)

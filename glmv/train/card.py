@@ -10,8 +10,9 @@ from pathlib import Path
 from glmv.config import GlmvConfig
 from glmv.train.recipe import Recipe
 
-TARGETS = {  # issue N's acceptance targets, per task (score on the test split)
-    "color": 0.9, "shape": 0.9, "count": 0.9, "ground": 0.8, "ocr": 0.8, "chart_json": 0.8, "video_order": 0.8,
+TARGETS = {  # issue N2's acceptance targets, per task (held-out split; the test split at least as good)
+    "color": 0.9, "shape": 0.9, "count": 0.8, "ground": 0.7, "ocr": 0.7, "chart_json": 0.6, "video_order": 0.6,
+    "caption": 0.5,
 }
 
 
@@ -62,6 +63,13 @@ Held-out accuracy of a ridge classifier on the projector's output tokens, pooled
 """
 
 
+def _learned(model_dir: Path) -> int:
+    """How many ids of the tokenizer are learned BPE tokens (the rest of the embedding's rows below the special
+    tokens are unused, as in GLM's own checkpoints)."""
+    tok = json.loads((Path(model_dir) / "tokenizer.json").read_text())
+    return len(tok["model"]["vocab"]) - len(tok["added_tokens"])
+
+
 def write_card(path: Path, model_dir: Path, stages: list[tuple[str, Recipe, Path, float | None]],
                results: dict[str, dict[str, dict]], notes: str, probes: dict | None = None) -> None:
     """results: split ("test", "heldout") -> stage name -> evaluate() output."""
@@ -75,7 +83,7 @@ procedural world, bundled so that glmv works offline. It is a demonstration of t
 pipeline, not a general model: it knows only the world's tasks.
 
 ## Architecture
-- decoder: {t.num_hidden_layers} layers of width {t.hidden_size} ({t.first_k_dense_replace} dense, then MoE with {t.n_routed_experts} experts, top-{t.num_experts_per_tok}, {t.n_shared_experts} shared), {t.num_attention_heads} query / {t.num_key_value_heads} KV heads of {t.head_dim}, partial rotary {t.partial_rotary_factor} with mrope sections {t.mrope_section}, vocabulary {t.vocab_size} (BPE trained on the world's text, GLM special tokens by name)
+- decoder: {t.num_hidden_layers} layers of width {t.hidden_size} ({t.first_k_dense_replace} dense, then MoE with {t.n_routed_experts} experts, top-{t.num_experts_per_tok}, {t.n_shared_experts} shared), {t.num_attention_heads} query / {t.num_key_value_heads} KV heads of {t.head_dim}, partial rotary {t.partial_rotary_factor} with mrope sections {t.mrope_section}, vocabulary {t.vocab_size} ids ({_learned(model_dir)} of them BPE tokens learned on the world's text, every digit a token of its own; the GLM special tokens by name at the end)
 - vision: {v.depth} blocks of width {v.hidden_size}, {v.patch_size} px patches, 2D rotary, learned {v.image_size // v.patch_size}x{v.image_size // v.patch_size} position table resampled per image, {v.spatial_merge_size}x{v.spatial_merge_size} merge, projector to {v.out_hidden_size}
 - weights on disk: {size / 1e6:.1f} MB (bf16; the engine computes in fp32 on CPU)
 

@@ -106,7 +106,7 @@ def create_nano_checkpoint(path: str | Path, corpus: Iterable[str], vocab_size: 
     write_tokenizer(tok, special, path, BUILTIN_TEMPLATE.read_text(encoding="utf-8"))
     write_processor_configs(path, min_pixels=2 * 28 * 28, max_pixels=max_pixels, video_max_pixels=8 * max_pixels)
     eos = [special["<|endoftext|>"], special["<|user|>"], special["<|observation|>"]]
-    config = nano_config(special, tok.get_vocab_size(), eos, **text_overrides)
+    config = nano_config(special, vocab_size, eos, **text_overrides)
     save_model(build_nano(config, seed).eval(), path, progress=False)
     (path / "generation_config.json").write_text(json.dumps({"eos_token_id": eos, "pad_token_id": eos[0],
                                                              "temperature": 0.0}, indent=2))

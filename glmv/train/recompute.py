@@ -21,11 +21,11 @@ def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(model.language_model.layers)
 
 
-def _checkpointed_forward(layer: torch.nn.Module, h, cos, sin, mask, cache):
+def _checkpointed_forward(layer: torch.nn.Module, h, cos, sin, mask, cache, real=None):
     plain = types.MethodType(type(layer).forward, layer)
     if cache is None and layer.training and torch.is_grad_enabled():
-        return checkpoint(plain, h, cos, sin, mask, cache, use_reentrant=False)
-    return plain(h, cos, sin, mask, cache)
+        return checkpoint(plain, h, cos, sin, mask, cache, real, use_reentrant=False)
+    return plain(h, cos, sin, mask, cache, real)
 
 
 def enable(model: torch.nn.Module) -> int:

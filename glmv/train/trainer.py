@@ -6,7 +6,8 @@ decay, gradient accumulation, gradient clipping, bf16 autocast on CUDA, tqdm wit
 atomic checkpoints with full trainer state, and `resume` that continues exactly where an interrupted run stopped
 (the data of step k is a pure function of the seed and k).
 MoE routers are balanced without an auxiliary loss, as in GLM-4.5 / DeepSeek-V3: after each step every
-router's selection bias moves toward under-used experts. Every log line carries the image-token cosine
+router's selection bias moves toward under-used experts, by the load of the step's real tokens (padding, which
+the attention mask drops, is routed but not counted). Every log line carries the image-token cosine
 spread (glmv.train.spread), so a collapsing vision tower shows in the log.
 """
 

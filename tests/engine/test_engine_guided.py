@@ -17,6 +17,7 @@ import torch
 from glmv.engine.guided import GrammarVocab, GuidedDecoding
 from glmv.engine.sampling import Row, Sampler, SamplingParams
 from glmv.errors import InputError
+from glmv.config import GlmvConfig
 from glmv.inputs.tokenizer import Tokenizer
 from glmv.testing.schemas import ENFORCED, SCHEMAS
 
@@ -37,13 +38,24 @@ def vocab(tok) -> GrammarVocab:
 
 
 def closing_tokens(tok: Tokenizer, size: int) -> torch.Tensor:
-    """[size] bool: tokens made only of characters that close a JSON value."""
-    return torch.tensor([bool(t) and all(c in '"}],' for c in t) for t in (tok.decode([i]) for i in range(size))])
+    """[size] float: 1 for tokens made only of characters that close a JSON value, -1 for tokens that open an
+    object or array: the rollouts' drift toward an end (with digits split the nano vocabulary has few merged
+    closers, and a drift toward closers alone kept reopening nested values past MAX_TOKENS)."""
+    texts = [tok.decode([i]) for i in range(size)]
+    return torch.tensor([1.0 if t and all(c in '"}],' for c in t) else -1.0 if ("{" in t or "[" in t) else 0.0
+                         for t in texts])
 
 
 @pytest.fixture(scope="module")
-def closers(tok) -> torch.Tensor:
-    return closing_tokens(tok, tok.vocab_size)
+def width() -> int:
+    """The model's logits width: the nano tokenizer's ids have a hole below the special tokens (as GLM's padded
+    embedding does), so its vocab_size (a count of ids) is smaller."""
+    return GlmvConfig.from_pretrained(NANO).text.vocab_size
+
+
+@pytest.fixture(scope="module")
+def closers(tok, width) -> torch.Tensor:
+    return closing_tokens(tok, width)
 
 
 def prompt(tok: Tokenizer, thinking: bool | None) -> list[int]:
@@ -185,7 +197,7 @@ def test_a_complete_answer_allows_only_the_stop_tokens(tok, vocab):
 
 
 # --- unconstrained rows are untouched ---------------------------------------------------------------------------
-def test_unconstrained_rows_are_bit_identical_beside_constrained_ones(tok, vocab):
+def test_unconstrained_rows_are_bit_identical_beside_constrained_ones(tok, vocab, width):
     """The same batch twice, with and without grammars on rows 1 and 3: rows 0, 2, 4 (greedy, seeded with
     penalties and filters, unseeded) draw exactly the same tokens and logprobs."""
     plain = [SamplingParams(temperature=0, logprobs=2),
@@ -201,7 +213,7 @@ def test_unconstrained_rows_are_bit_identical_beside_constrained_ones(tok, vocab
         rows, sampler = [Row(p, prompt(tok, False)) for p in params], Sampler(vocab)
         tokens, logprobs = [], []
         for _ in range(12):
-            t, lp = sampler(torch.randn(len(rows), tok.vocab_size, generator=gen) * 3, rows)
+            t, lp = sampler(torch.randn(len(rows), width, generator=gen) * 3, rows)
             for r, x in zip(rows, t.tolist()):
                 r.output_ids.append(x)
             tokens.append(t)
@@ -216,9 +228,9 @@ def test_unconstrained_rows_are_bit_identical_beside_constrained_ones(tok, vocab
     assert not torch.equal(base_tokens[:, [1, 3]], mixed_tokens[:, [1, 3]])  # the grammars did act
 
 
-def test_logprobs_are_the_models_own(tok, vocab):
+def test_logprobs_are_the_models_own(tok, vocab, width):
     """Logprobs come from the raw logits, before the mask (as before any penalty): the model's view."""
-    logits = torch.randn(1, tok.vocab_size, generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(1, width, generator=torch.Generator().manual_seed(0))
     tokens, lp = Sampler(vocab)(logits, [Row(SamplingParams(temperature=0, json_object=True, logprobs=3), prompt(tok, False))])
     raw = logits.log_softmax(-1)[0]
     assert tok.decode([int(tokens[0])]).startswith("{")  # the mask chose the token...
@@ -232,7 +244,7 @@ def allowed_ids(vocab: GrammarVocab, rows: list[Row]) -> list[set[int]]:
     return [set(torch.isfinite(m).nonzero().flatten().tolist()) for m in masked]
 
 
-def test_thinking_comes_before_the_grammar(tok, vocab):
+def test_thinking_comes_before_the_grammar(tok, vocab, width):
     params = SamplingParams(json_object=True)
     on, off, opened = (Row(params, prompt(tok, t)) for t in (True, False, None))
     raw = Row(params, tok.encode("The answer is"))
@@ -242,10 +254,10 @@ def test_thinking_comes_before_the_grammar(tok, vocab):
     assert first_raw == first_off
     # thinking on: the model may open <think> or answer at once; an open block: it is thinking
     assert first_on == first_off | {vocab.think_start}
-    assert first_open == set(range(tok.vocab_size)) - set(vocab.eos_token_ids)
+    assert first_open == set(range(width)) - set(vocab.eos_token_ids)
     # inside the block anything but eos goes, typed tags included; after </think> the grammar applies
     on.output_ids = [vocab.think_start, *tok.encode("red, not {json} <|begin_of_box|>")]
-    assert allowed_ids(vocab, [on])[0] == set(range(tok.vocab_size)) - set(vocab.eos_token_ids)
+    assert allowed_ids(vocab, [on])[0] == set(range(width)) - set(vocab.eos_token_ids)
     on.output_ids.append(vocab.think_end)
     assert allowed_ids(vocab, [on])[0] == first_off
 

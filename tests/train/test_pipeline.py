@@ -9,12 +9,14 @@ import pytest
 import torch
 
 import glmv
+from glmv.config import GlmvConfig
 from glmv.inputs.chat import normalize_messages
 from glmv.inputs.processor import Processor
 from glmv.testing.tiny_checkpoint import logits_gap_to_reference
 from glmv.train.pipeline import run_stage, start_checkpoint
 from glmv.train.recipe import Recipe
 from glmv.train.release import RECIPES, STAGES
+from glmv.train.tokenizer import ALL_SPECIAL
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
              head_dim=32, moe_intermediate_size=32, n_routed_experts=4)
@@ -47,6 +49,24 @@ def test_a_fresh_nano_model_sees_its_images(scratch):
     assert feats.std() > 5 * model.language_model.embed_tokens.weight.std()
     cos = torch.nn.functional.cosine_similarity(feats[:, None], feats[None], dim=-1)
     assert cos.min() < 0.9
+
+
+def test_a_fresh_tokenizer_spells_numbers_digit_by_digit(scratch):
+    """Coordinates and counts get one spelling: each digit its own token (a BPE learned on the world merged only
+    the frequent numbers, so `272` was one token and `860` two, and grounding collapsed to one constant box). The
+    special tokens take the last ids of the recipe's vocab_size, whatever the corpus leaves unused below them."""
+    from tokenizers import Tokenizer
+
+    r, path = scratch
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    for number in ("7", "272", "860", "1000", "[12,5,860,999]"):
+        pieces = [t for t in tok.encode(number).tokens if any(c.isdigit() for c in t)]
+        assert pieces == [c for c in number if c.isdigit()], number
+    config = GlmvConfig.from_pretrained(path)
+    assert config.text.vocab_size == r.vocab_size
+    assert tok.token_to_id("<|endoftext|>") == r.vocab_size - len(ALL_SPECIAL)
+    assert tok.token_to_id("<|image|>") == config.image_token_id
+    assert max(tok.get_vocab().values()) == r.vocab_size - 1
 
 
 def test_the_recipes_run_in_order(scratch, tmp_path):

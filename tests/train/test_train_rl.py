@@ -32,9 +32,11 @@ def make(base, out, steps=14) -> GRPOTrainer:
 
 
 def test_grpo_raises_the_reward(base, tmp_path):
-    history = make(base, tmp_path).train()
+    # 24 steps: with the tiny tokenizer that splits digits, a 14-step run rose to ~0.30 by step 7 and fell back
+    # (last four 0.25 against first four 0.23, at lr 3e-3 to 1e-2 alike); over 24 steps it keeps rising
+    history = make(base, tmp_path, steps=24).train()
     rewards = [h["reward"] for h in history]
-    assert np.mean(rewards[-4:]) > np.mean(rewards[:4]) + 0.05, rewards  # ~0.22 -> ~0.31 measured
+    assert np.mean(rewards[-4:]) > np.mean(rewards[:4]) + 0.05, rewards  # ~0.23 -> ~0.36 measured
     assert all("kl" in h for h in history if h["groups_used"])
     assert (tmp_path / "final" / "config.json").is_file()
 

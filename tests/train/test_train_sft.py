@@ -83,3 +83,29 @@ def test_bad_freeze_lists_are_clear_errors(base, tmp_path):
     recipe.write_text("stage: sft\nout: x\ntasks: {colour: 1}\nfreeze: visual.blocks\n")
     with pytest.raises(ConfigError, match="must be a list"):
         Recipe.load(recipe)
+
+
+def test_router_load_counts_real_tokens_only(base):
+    """The experts' load that balances the routers after a step counts what the attention mask keeps: a padded
+    batch loads them exactly as its rows do alone, unpadded (pads were counted before, so how a batch was padded
+    and split over ranks moved the router biases)."""
+    from glmv.model.moe import Router
+
+    model = glmv.load_model(base, progress=False).train()
+    routers = [m for m in model.modules() if isinstance(m, Router)]
+    rows = [torch.arange(5, 17), torch.arange(40, 47)]  # 12 and 7 tokens
+
+    def loads(ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        for r in routers:
+            r.last_load = None
+        with torch.no_grad():
+            model(ids, attention_mask=mask)
+        return [r.last_load for r in routers]
+
+    padded = torch.stack([rows[0], torch.cat([rows[1], torch.zeros(5, dtype=torch.long)])])
+    mask = (torch.arange(12) < torch.tensor([[12], [7]])).long()
+    together = loads(padded, mask)
+    alone = [loads(r[None], torch.ones(1, len(r), dtype=torch.long)) for r in rows]
+    k = model.config.text.num_experts_per_tok
+    assert routers and all(int(t.sum()) == 19 * k for t in together)
+    assert all(torch.equal(t, a + b) for t, a, b in zip(together, *alone))
