@@ -92,8 +92,7 @@ class FinetuneTrainer(Trainer):
     def batch(self, step: int, micro: int) -> dict:
         r = self.recipe
         items = self.draw(step * r.grad_accum + micro, r.batch_size)
-        thinking = np.random.default_rng([r.seed, step, micro, 1]).random(len(items)) < (r.thinking or 0.0)
-        examples = [self.example(item, bool(t)) for item, t in zip(items, thinking)]
+        examples = [self.example(item, t) for item, t in zip(items, self.thinking(step, micro))]
         return collate(examples, self.processor.tokenizer.pad_token_id)
 
     # --- model ------------------------------------------------------------------------------------------------

@@ -96,9 +96,14 @@ class Trainer:
         """Micro-batch `micro` of step `step` (deterministic)."""
         r = self.recipe
         draws = self.mixture.draw(step * r.grad_accum + micro, r.batch_size)
-        thinking = np.random.default_rng([r.seed, step, micro, 1]).random(len(draws)) < (r.thinking or 0.0)
-        examples = [self.make_example(task, index, bool(t)) for (task, index), t in zip(draws, thinking)]
+        examples = [self.make_example(task, index, t) for (task, index), t in zip(draws, self.thinking(step, micro))]
         return collate(examples, self.processor.tokenizer.pad_token_id)
+
+    def thinking(self, step: int, micro: int) -> list[bool]:
+        """Which examples of micro-batch `micro` of step `step` are in the thinking format (deterministic; the
+        recipe's `thinking` share, none when unset)."""
+        r = self.recipe
+        return (np.random.default_rng([r.seed, step, micro, 1]).random(r.batch_size) < (r.thinking or 0.0)).tolist()
 
     def trainable(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
         return trainable_parameters(model, self.recipe.freeze)
