@@ -1,7 +1,7 @@
 """Server overhead: requests/s and time to first token at concurrency 1, 8 and 32, through `glmv serve` (HTTP +
 SSE on loopback, a separate process) vs the same AsyncEngine called directly in this process, on a tiny model.
 
-    python benchmarks/bench_server.py [--threads 2] [--tokens 16] [--rounds 3] [--device cpu]
+    python benchmarks/bench_server.py [--threads 1] [--tokens 16] [--rounds 3] [--device cpu]
 
 Both sides serve the same checkpoint with the same batch size. Rounds alternate direct / server so that a busy
 machine slows both alike; the medians are printed. Ratios are server / direct: requests/s below 1 and time to
@@ -58,25 +58,31 @@ def direct_request(engine: AsyncEngine, params: SamplingParams):
 
 
 def server_request(port: int, tokens: int):
-    """One streamed chat request over a bare asyncio connection. A full HTTP client (httpx) spends more CPU per
-    SSE chunk than the server does; on a small machine it would dominate what this benchmark means to measure."""
+    """One streamed chat request over a bare asyncio connection, kept alive for the next request as HTTP clients
+    (httpx, the openai client) keep theirs. A full HTTP client spends more CPU per SSE chunk than the server
+    does; on a small machine it would dominate what this benchmark means to measure."""
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
     async def one(i: int) -> float:
         body = json.dumps({"model": "model", "temperature": 0, "max_tokens": tokens, "ignore_eos": True,
                            "stream": True, "messages": messages(i)}).encode()
         start = time.perf_counter()
-        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        reader, writer = idle.pop() if idle else await asyncio.open_connection(LOOPBACK, port)
         writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (LOOPBACK.encode(), len(body), body))
+                     b"Content-Length: %d\r\n\r\n%s" % (LOOPBACK.encode(), len(body), body))
         status = await reader.readline()
         if b" 200 " not in status:
             raise RuntimeError(f"server answered {status!r}")
         first, chunks = None, 0
-        while line := await reader.readline():
+        while (line := await reader.readline()) != b"0\r\n":  # the chunked body's last, empty chunk
+            if not line:
+                raise RuntimeError("the server closed the connection mid-response")
             if line.startswith(b"data: {"):
                 chunks += 1
                 if chunks == 2:  # the first chunk only announces the role; the second carries the first token
                     first = time.perf_counter() - start
-        writer.close()
+        await reader.readline()  # the blank line after it
+        idle.append((reader, writer))
         return first
 
     return one
@@ -93,7 +99,7 @@ async def measure(llm: LLM, port: int, args) -> dict[str, dict[int, list[tuple[f
         for _ in range(args.rounds):
             for c in LEVELS:
                 for side, one in sides.items():
-                    results[side][c].append(await run_level(one, c, max(8, 2 * c)))
+                    results[side][c].append(await run_level(one, c, max(24, 6 * c)))
     finally:
         engine.shutdown()
     return results
@@ -101,17 +107,17 @@ async def measure(llm: LLM, port: int, args) -> dict[str, dict[int, list[tuple[f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the engine, on both sides (default 1)")
     ap.add_argument("--tokens", type=int, default=16, help="tokens generated per request")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the server process gets the same thread count
 
     path = make_tiny_model_dir(os.path.join(tempfile.mkdtemp(), "model"))
     llm = LLM(path, device=args.device, progress=False)
-    with serve_process(path, "--device", args.device, "--max-batch", str(max(LEVELS)), "--max-queue", "1024") as server:
+    with serve_process(path, "--device", args.device, "--threads", str(args.threads), "--max-batch", str(max(LEVELS)),
+                       "--max-queue", "1024") as server:
         results = asyncio.run(measure(llm, int(server.url.rsplit(":", 1)[1]), args))
 
     print(f"tiny glm4v_moe on {args.device}, {args.tokens} tokens per request, batch up to {max(LEVELS)}, "

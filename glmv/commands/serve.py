@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
 import os
@@ -30,6 +31,10 @@ def register(subparsers) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 (default 64)")
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
     p.add_argument("--media-workers", type=int, default=2, help="threads loading media (default 2)")
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the engine in its own process, beside the HTTP server's, so that neither waits for the "
+                        "other's Python (default: on; --no-engine-process keeps both in one process). Without "
+                        "--threads, the engine then leaves one of the free cores to the HTTP server")
     p.add_argument("--allow-private-urls", action="store_true",
                    help="let media URLs reach private, loopback and link-local addresses (refused by default)")
     p.add_argument("--allowed-local-media-path", action="append", default=[], metavar="DIR",
@@ -52,6 +57,9 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    import torch
+
+    from glmv.engine.engine_process import EngineProcess
     from glmv.engine.llm import LLM
     from glmv.inputs.limits import MediaLimits
     from glmv.serve.app import ServerConfig, create_app
@@ -70,13 +78,22 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=5,
                     log_level=logging.getLevelName(log.getEffectiveLevel()).lower())
         return 0
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, limits=limits, max_model_len=args.max_model_len,
-              **engine_kwargs(args), **lora_kwargs(args))
+    llm_kwargs = dict(model=args.model, dtype=args.dtype, device=args.device, limits=limits,
+                      max_model_len=args.max_model_len, **engine_kwargs(args), **lora_kwargs(args))
+    if args.engine_process:
+        # An OpenMP thread waiting for work spins on its core: on the HTTP server's core, it takes the time the
+        # server needs for its streams (measured on 2 cores: 0.6x the engine's throughput, 0.9-1x with the core left
+        # free; docs/performance.md).
+        threads = args.threads or max(1, torch.get_num_threads() - 1)
+        llm = EngineProcess(llm_kwargs, args.max_queue, args.max_batch, args.media_workers, threads)
+    else:
+        llm = LLM(**llm_kwargs)
     config = ServerConfig(served_model_name=args.served_model_name, api_key=args.api_key, max_queue=args.max_queue,
                           max_batch=args.max_batch, media_workers=args.media_workers,
                           max_body_bytes=int(args.max_request_mb * (1 << 20)),
                           allowed_origins=tuple(args.allowed_origins))
     app = create_app(llm, config, images)
+    gc.freeze()  # what start-up made lives as long as the server: keep full collections from walking it again
     print(f"glmv: serving {app.state.glmv.model_name!r} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=logging.getLevelName(log.getEffectiveLevel()).lower(),
                 timeout_graceful_shutdown=5)

@@ -11,6 +11,9 @@ One request never hurts another: each is checked alone before it reaches the eng
 samples are scheduled like any other sequences, and a forward or sampling step that raises is retried sequence by
 sequence inside the engine so that only the request at fault fails. Clients see GlmvError messages; any other
 exception text stays in the server log.
+
+What a server reads of the model (EngineInfo, stats(), embed(), score()) goes through this class too, so that
+glmv.engine.engine_process.EngineProcess can stand in for it with the engine in another process.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from glmv.engine.llm import LLM, LoraChoice, Request, StreamDelta
@@ -32,6 +36,8 @@ from glmv.engine.outputs import RequestOutput
 from glmv.engine.sampling import SamplingParams
 from glmv.engine.sequence import Sequence
 from glmv.errors import GlmvError, InputError
+from glmv.inputs.tokenizer import Tokenizer
+from glmv.lora.serving import lora_scope
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,27 @@ class QueueFullError(GlmvError):
 _NOTHING = object()  # no delta held back (None is the end-of-stream marker)
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """What a server needs to know of the model it serves (an engine process sends it once, at start-up)."""
+
+    model_name: str  # the checkpoint directory's name
+    max_model_len: int
+    defaults: SamplingParams  # generation_config.json's values, its eos ids spelled out as stop_token_ids
+    tokenizer: Tokenizer
+    hidden_size: int
+    adapters: dict[str, str]  # served LoRA adapter name -> its directory
+    default_lora: str | None  # the adapter of requests that name none (None: the base model)
+
+    @classmethod
+    def of(cls, llm: LLM) -> "EngineInfo":
+        # The eos ids spelled out, so that a request's stop_token_ids add to them (vLLM's meaning), not replace them.
+        defaults = replace(llm.default_sampling_params(), stop_token_ids=list(llm.engine.eos_token_ids))
+        adapters = {name: str(path) for name, path in llm.adapters.paths.items()} if llm.adapters else {}
+        return cls(llm.path.name, llm.engine.max_model_len, defaults, llm.tokenizer,
+                   llm.model.config.text.hidden_size, adapters, llm.default_lora)
+
+
 @dataclass
 class Handle:
     """A submitted request: iterate it for deltas; `output()` once finished; `cancel()` to abort."""
@@ -58,6 +85,7 @@ class Handle:
     cancelled: bool = False
     closed: set[int] = field(default_factory=set)  # samples whose last delta has been put
     outbox: list = field(default_factory=list)  # the engine's: what waits for the end of the step (engine thread)
+    tag: Any = None  # the submitter's name for this request (an engine process's request id)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -100,12 +128,23 @@ class Handle:
                 self._put(None)
 
 
+Delivery = Callable[[list[tuple[Handle, StreamDelta | BaseException | None]]], None]
+
+
 class AsyncEngine:
-    def __init__(self, llm: LLM, max_queue: int = 64, max_batch: int = 16, media_workers: int = 2):
+    def __init__(self, llm: LLM, max_queue: int = 64, max_batch: int = 16, media_workers: int = 2,
+                 deliver: Delivery | None = None):
+        """`deliver`: where a step's deliveries go (called on the engine thread, once per step); by default to
+        each handle's asyncio queue, with one wake-up of each event loop per step."""
         self.llm = llm
+        self.info = EngineInfo.of(llm)
         self.max_queue = max_queue
         self.max_batch = max_batch
+        self.deliver = deliver or _to_event_loops
         self.pool = ThreadPoolExecutor(media_workers, thread_name_prefix="glmv-media")
+        # embeddings and scores run here, one at a time, beside the engine thread
+        self.pooling = ThreadPoolExecutor(1, thread_name_prefix="glmv-pool")
+        self.pooling_waiting = 0
         llm.engine.scheduler.max_num_seqs = max_batch
         self.waiting: deque[Handle] = deque()  # submitted, not yet handed to the engine
         self.owners: dict[int, tuple[Handle, int]] = {}  # id(sequence) -> (its handle, sample index)
@@ -128,22 +167,73 @@ class AsyncEngine:
         """Sequences in the running batch (holding KV blocks)."""
         return sum(not s.finished for s in self.llm.engine.scheduler.running)
 
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    async def stats(self) -> dict[str, int]:
+        """The gauges and counters /metrics shows of the engine."""
+        engine = self.llm.engine
+        blocks = engine.blocks
+        return {"queue_depth": self.queue_depth, "running": self.running, "kv_blocks": len(blocks.blocks),
+                "kv_blocks_free": blocks.num_free, "prefix_queries": blocks.queries, "prefix_hits": blocks.hits,
+                "preemptions": engine.scheduler.preemptions}
+
     async def submit(self, messages: list[dict], params: SamplingParams, enable_thinking: bool | None = None,
                      tools: list[dict] | None = None, lora: str | None | LoraChoice = LoraChoice.DEFAULT,
-                     **template_kwargs: Any) -> Handle:
+                     tag: Any = None, **template_kwargs: Any) -> Handle:
         """Prepare (in the media pool) and enqueue one conversation, run with the served adapter `lora` (None:
         the base model). Raises QueueFullError at once when the queue is full, and InputError/ContextLengthError
-        for bad input, before anything is queued."""
+        for bad input, before anything is queued. `tag`: kept on the handle for the caller."""
         return await self._enqueue(
             params, lambda: self.llm.prepare_chat([messages], params, enable_thinking, tools, lora,
-                                                  **template_kwargs)[0])
+                                                  **template_kwargs)[0], tag)
 
     async def submit_prompt(self, prompt: str | list[int], params: SamplingParams,
-                            lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> Handle:
+                            lora: str | None | LoraChoice = LoraChoice.DEFAULT, tag: Any = None) -> Handle:
         """Enqueue an already formatted text prompt (or token ids): no chat template, no media."""
-        return await self._enqueue(params, lambda: self.llm.prepare_prompt(prompt, params, lora))
+        return await self._enqueue(params, lambda: self.llm.prepare_prompt(prompt, params, lora), tag)
 
-    async def _enqueue(self, params: SamplingParams, prepare) -> Handle:
+    async def embed(self, inputs: list, add_generation_prompt: bool, lora: str | None) -> tuple[list[np.ndarray], int]:
+        """The embedding of each input (as /v1/embeddings reads them) and their prompt tokens, with adapter `lora`."""
+        pooler = self.llm.pooler
+
+        def work():
+            rows = [pooler.row(x, add_generation_prompt) for x in inputs]
+            with lora_scope(self.llm.model, lora):
+                vectors = pooler.embed(rows)
+            return [v.numpy() for v in vectors], sum(len(r.ids) for r in rows)
+
+        return await self._pooled(work)
+
+    async def score(self, pairs: list[tuple[Any, list[str]]], lora: str | None) -> tuple[list[float], int]:
+        """The score of each candidate of each (query, candidates) pair (as /v1/score reads them), and the prompt
+        tokens, with adapter `lora`."""
+        pooler = self.llm.pooler
+
+        def work():
+            scores, tokens = [], 0
+            for query, candidates in pairs:
+                rows, prefix_len = pooler.score_rows(query, candidates)
+                with lora_scope(self.llm.model, lora):
+                    scores += pooler.score(rows, prefix_len)
+                tokens += sum(len(r.ids) for r in rows)
+            return scores, tokens
+
+        return await self._pooled(work)
+
+    async def _pooled(self, work):
+        """Run `work` in the pooling thread; more than max_queue requests waiting for it is a 503."""
+        if self.pooling_waiting >= self.max_queue:
+            raise QueueFullError(f"the server is busy ({self.pooling_waiting} embedding/score requests waiting); "
+                                 "retry shortly")
+        self.pooling_waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.pooling, work)
+        finally:
+            self.pooling_waiting -= 1
+
+    async def _enqueue(self, params: SamplingParams, prepare, tag: Any) -> Handle:
         if params.n > self.max_batch:
             raise InputError(f"n is {params.n}, but this server decodes at most {self.max_batch} sequences at "
                              f"once (--max-batch); ask for n <= {self.max_batch}")
@@ -157,7 +247,7 @@ class AsyncEngine:
         finally:
             with self.lock:
                 self.preparing -= 1
-        handle = Handle(request, loop, outbox=self.outbox)
+        handle = Handle(request, loop, outbox=self.outbox, tag=tag)
         with self.wake:
             self.waiting.append(handle)
             self.wake.notify()
@@ -177,6 +267,7 @@ class AsyncEngine:
             self.wake.notify()
         self.thread.join(timeout=10)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pooling.shutdown(wait=False, cancel_futures=True)
 
     # --- the engine thread -----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -202,19 +293,11 @@ class AsyncEngine:
                 self._flush()
 
     def _flush(self) -> None:
-        """Hand the step's deltas, errors and ends to their queues: one wake-up of each event loop per step, not
-        one per token per request (at 32 streams that was most of the event loop's work)."""
+        """Hand the step's deltas, errors and ends on, all at once (self.deliver)."""
         if not self.outbox:
             return
         items, self.outbox[:] = list(self.outbox), []  # the handles hold this list: empty it in place
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for h, item in items:
-            by_loop.setdefault(h.loop, []).append((h.queue, item))
-        for loop, batch in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, batch)
-            except RuntimeError:  # that loop has closed: its clients are gone
-                pass
+        self.deliver(items)
 
     def _admit(self) -> None:
         """Hand submitted requests to the engine; sleep while there is nothing to do."""
@@ -268,6 +351,19 @@ class AsyncEngine:
             self._close(h, k)
 
 
-def _deliver(batch: list[tuple[asyncio.Queue, StreamDelta | BaseException | None]]) -> None:
+def _to_event_loops(items: list[tuple[Handle, StreamDelta | BaseException | None]]) -> None:
+    """Each item to its handle's queue: one wake-up of each event loop per step, not one per token per request
+    (at 32 streams that was most of the event loop's work)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for h, item in items:
+        by_loop.setdefault(h.loop, []).append((h.queue, item))
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_put_all, batch)
+        except RuntimeError:  # that loop has closed: its clients are gone
+            pass
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, StreamDelta | BaseException | None]]) -> None:
     for queue, item in batch:
         queue.put_nowait(item)

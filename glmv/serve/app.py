@@ -2,6 +2,8 @@
 
     app = create_app(LLM(path, limits=MediaLimits.untrusted()), ServerConfig(api_key="secret"))
     uvicorn.run(app, host="127.0.0.1", port=8000)
+
+`glmv serve` passes an EngineProcess instead of an LLM: the engine then runs in its own process.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.cors import CORSMiddleware
 
 from glmv.engine.async_engine import AsyncEngine
+from glmv.engine.engine_process import EngineProcess
 from glmv.engine.llm import LLM
 from glmv.errors import ConfigError
 from glmv.serve.chat import chat_completions
@@ -43,20 +46,26 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS); "*" for any; none: off
 
 
-def create_app(llm: LLM, config: ServerConfig = ServerConfig(), images: ImageService | None = None) -> FastAPI:
-    """An app serving `llm` (and, with `images`, a GLM-Image model on /v1/images/*); its engine thread starts now
-    and stops when the app shuts down."""
-    name = config.served_model_name or llm.path.name
-    if llm.adapters is not None and name in llm.adapters.names:  # `model` must say which of the two it means
+def create_app(llm: LLM | EngineProcess, config: ServerConfig = ServerConfig(),
+               images: ImageService | None = None) -> FastAPI:
+    """An app serving `llm` (and, with `images`, a GLM-Image model on /v1/images/*). With an LLM, its engine
+    thread starts now, in this process (config's max_queue, max_batch and media_workers apply); an EngineProcess
+    was started with its own. Either stops when the app shuts down."""
+    if isinstance(llm, LLM):
+        engine = AsyncEngine(llm, config.max_queue, config.max_batch, config.media_workers)
+    else:
+        engine = llm
+    name = config.served_model_name or engine.info.model_name
+    if name in engine.info.adapters:  # `model` must say which of the two it means
+        engine.shutdown()
         raise ConfigError(f"the served model name {name!r} is also a LoRA adapter's name: rename one "
                           "(--served-model-name or --lora NAME=PATH)")
-    state = ServerState(AsyncEngine(llm, config.max_queue, config.max_batch, config.media_workers), name)
+    state = ServerState(engine, name)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         yield
         state.engine.shutdown()
-        state.pooling.shutdown(wait=False, cancel_futures=True)
         if images is not None:
             images.shutdown()
 
@@ -88,7 +97,7 @@ def create_app(llm: LLM, config: ServerConfig = ServerConfig(), images: ImageSer
         card = {"id": state.served_name(lora), "object": "model", "created": state.created, "owned_by": "glmv",
                 "max_model_len": state.context}
         if lora is not None:  # vLLM's card of a LoRA adapter: its directory, and the base model it adapts
-            card.update(root=str(llm.adapters.paths[lora]), parent=state.model_name)
+            card.update(root=state.info.adapters[lora], parent=state.model_name)
         return card
 
     @app.get("/v1/models")
@@ -105,12 +114,12 @@ def create_app(llm: LLM, config: ServerConfig = ServerConfig(), images: ImageSer
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        alive = state.engine.thread.is_alive()
+        alive = state.engine.alive
         return JSONResponse({"status": "ok" if alive else "engine stopped"}, status_code=200 if alive else 503)
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
-        text = state.metrics.render(state.engine.queue_depth, state.engine.running, state.engine.llm.engine)
+        text = state.metrics.render(await state.engine.stats())
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.get("/")

@@ -24,7 +24,7 @@ async def chat_completions(request: Request, state: ServerState) -> JSONResponse
     lora = state.lora_for(req.model)
     params = req.sampling_params(state.defaults, state.context)
     thinking, template_kwargs = req.template_kwargs()
-    tools, tool_grammar = req.tool_plan(state.engine.llm.tokenizer.added_tokens)
+    tools, tool_grammar = req.tool_plan(state.info.tokenizer.added_tokens)
     params = with_tool_grammar(params, tool_grammar)
     handle, timer = await submit(state, state.engine.submit(req.messages, params, thinking, tools, lora,
                                                             **template_kwargs))
@@ -38,7 +38,7 @@ async def chat_completions(request: Request, state: ServerState) -> JSONResponse
         choice = {"index": c.index, "message": chat_message(c), "logprobs": None,
                   "finish_reason": chat_finish_reason(c.finish_reason, bool(c.tool_calls))}
         if params.logprobs is not None:
-            choice["logprobs"] = chat_logprobs(state.engine.llm.tokenizer, c.logprobs or [], c.token_ids,
+            choice["logprobs"] = chat_logprobs(state.info.tokenizer, c.logprobs or [], c.token_ids,
                                                params.logprobs)
         if json_mode.wants_json(req.response_format):
             choice["json_valid"] = json_mode.is_json(c.content)
@@ -76,7 +76,7 @@ async def _choices(state: ServerState, req: ChatCompletionRequest, handle: Handl
             seq = seqs[k]
             # The engine thread may already be a token ahead: send what exists, the next chunk the rest.
             end = min(len(seq.output_ids), len(seq.logprobs))
-            choices[0]["logprobs"] = chat_logprobs(state.engine.llm.tokenizer, seq.logprobs[sent[k]:end],
+            choices[0]["logprobs"] = chat_logprobs(state.info.tokenizer, seq.logprobs[sent[k]:end],
                                                    seq.output_ids[sent[k]:end], top)
             sent[k] = end
         if final:

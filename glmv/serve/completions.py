@@ -23,7 +23,7 @@ async def completions(request: Request, state: ServerState) -> JSONResponse | St
     if req.stream:
         return event_stream(state, handle, timer, head, req.include_usage, _choices(state, req, handle, timer))
     out = await complete(request, state, handle, timer)
-    tok = state.engine.llm.tokenizer
+    tok = state.info.tokenizer
     choices = [{"index": c.index, "text": c.text, "finish_reason": c.finish_reason,
                 "logprobs": None if req.logprobs is None else
                 completion_logprobs(tok, c.logprobs or [], c.token_ids, req.logprobs)} for c in out.outputs]
@@ -40,7 +40,7 @@ async def _choices(state: ServerState, req: CompletionRequest, handle: Handle,
         if req.logprobs is not None:
             seq = seqs[d.index]
             end = min(len(seq.output_ids), len(seq.logprobs))
-            choice["logprobs"] = completion_logprobs(state.engine.llm.tokenizer, seq.logprobs[sent[d.index]:end],
+            choice["logprobs"] = completion_logprobs(state.info.tokenizer, seq.logprobs[sent[d.index]:end],
                                                      seq.output_ids[sent[d.index]:end], req.logprobs,
                                                      offsets[d.index])
             sent[d.index] = end

@@ -11,15 +11,10 @@ import bisect
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ITL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-if TYPE_CHECKING:
-    from glmv.engine.engine import Engine
-
 
 @dataclass
 class Histogram:
@@ -59,8 +54,8 @@ class Metrics:
     def timer(self) -> RequestTimer:
         return RequestTimer(self)
 
-    def render(self, queue_depth: int, running: int, engine: "Engine") -> str:
-        blocks = engine.blocks
+    def render(self, engine: dict[str, int]) -> str:
+        """The text exposition of these counters and of the engine's (AsyncEngine.stats())."""
         lines = [
             "# HELP glmv_http_requests_total HTTP requests answered, by route and status.",
             "# TYPE glmv_http_requests_total counter",
@@ -79,10 +74,10 @@ class Metrics:
             f"glmv_requests_in_flight {self.in_flight}",
             "# HELP glmv_queue_depth Requests waiting for the engine (media being prepared included).",
             "# TYPE glmv_queue_depth gauge",
-            f"glmv_queue_depth {queue_depth}",
+            f"glmv_queue_depth {engine['queue_depth']}",
             "# HELP glmv_running_sequences Sequences in the running batch (KV cache rows in use).",
             "# TYPE glmv_running_sequences gauge",
-            f"glmv_running_sequences {running}",
+            f"glmv_running_sequences {engine['running']}",
             "# HELP glmv_time_to_first_token_seconds From request arrival to its first text.",
             "# TYPE glmv_time_to_first_token_seconds histogram",
             *self.ttft.lines("glmv_time_to_first_token_seconds"),
@@ -94,17 +89,17 @@ class Metrics:
             *self.e2e.lines("glmv_e2e_request_latency_seconds"),
             "# HELP glmv_kv_cache_blocks KV cache blocks, all and free (free ones may still hold cached prefixes).",
             "# TYPE glmv_kv_cache_blocks gauge",
-            f'glmv_kv_cache_blocks{{state="total"}} {len(blocks.blocks)}',
-            f'glmv_kv_cache_blocks{{state="free"}} {blocks.num_free}',
+            f'glmv_kv_cache_blocks{{state="total"}} {engine["kv_blocks"]}',
+            f'glmv_kv_cache_blocks{{state="free"}} {engine["kv_blocks_free"]}',
             "# HELP glmv_prefix_cache_queries_total Prompt tokens looked up in the prefix cache.",
             "# TYPE glmv_prefix_cache_queries_total counter",
-            f"glmv_prefix_cache_queries_total {blocks.queries}",
+            f"glmv_prefix_cache_queries_total {engine['prefix_queries']}",
             "# HELP glmv_prefix_cache_hits_total Prompt tokens found there (hit rate: hits / queries).",
             "# TYPE glmv_prefix_cache_hits_total counter",
-            f"glmv_prefix_cache_hits_total {blocks.hits}",
+            f"glmv_prefix_cache_hits_total {engine['prefix_hits']}",
             "# HELP glmv_preemptions_total Sequences preempted for lack of KV blocks (recomputed later).",
             "# TYPE glmv_preemptions_total counter",
-            f"glmv_preemptions_total {engine.scheduler.preemptions}",
+            f"glmv_preemptions_total {engine['preemptions']}",
         ]
         return "\n".join(lines) + "\n"
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from glmv.engine.async_engine import AsyncEngine, Handle
+from glmv.engine.async_engine import AsyncEngine, EngineInfo, Handle
+from glmv.engine.engine_process import EngineProcess
 from glmv.engine.llm import StreamDelta
 from glmv.engine.outputs import RequestOutput
 from glmv.engine.sampling import SamplingParams
@@ -24,36 +24,34 @@ from glmv.serve.responses import SSE_DONE, now, sse
 
 @dataclass
 class ServerState:
-    engine: AsyncEngine
+    engine: AsyncEngine | EngineProcess  # in this process, or in its own (what `glmv serve` runs)
     model_name: str
     metrics: Metrics = field(default_factory=Metrics)
     created: int = field(default_factory=now)
-    # /v1/embeddings and /v1/score run here, one at a time, beside the engine thread
-    pooling: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="glmv-pool"))
-    pooling_waiting: int = 0
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.engine.info
 
     @property
     def context(self) -> int:
-        return self.engine.llm.engine.max_model_len
+        return self.info.max_model_len
 
     @property
     def defaults(self) -> SamplingParams:
-        """The checkpoint's sampling defaults, its eos ids spelled out so that a request's stop_token_ids add to
-        them (vLLM's meaning) rather than replace them."""
-        llm = self.engine.llm
-        return replace(llm.default_sampling_params(), stop_token_ids=list(llm.engine.eos_token_ids))
+        """The checkpoint's sampling defaults (its eos ids spelled out as stop_token_ids)."""
+        return self.info.defaults
 
     @property
     def adapter_names(self) -> tuple[str, ...]:
         """The LoRA adapters served beside the base model (`glmv serve --lora NAME=PATH`), each a model id."""
-        adapters = self.engine.llm.adapters
-        return adapters.names if adapters is not None else ()
+        return tuple(self.info.adapters)
 
     def lora_for(self, name: str | None) -> str | None:
         """The adapter a request's `model` picks: None for the base model, an adapter's name for that adapter,
         the LLM's default when `model` is left out; ModelNotFoundError for any other name (vLLM's rule)."""
         if name is None:
-            return self.engine.llm.default_lora
+            return self.info.default_lora
         if name == self.model_name:
             return None
         if name in self.adapter_names:

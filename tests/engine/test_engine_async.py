@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from glmv import LLM, SamplingParams
-from glmv.engine.async_engine import AsyncEngine, QueueFullError, _deliver
+from glmv.engine.async_engine import AsyncEngine, QueueFullError, _put_all
 from glmv.testing.tiny_checkpoint import make_tiny_model_dir
 
 
@@ -88,7 +88,7 @@ def test_one_wake_up_of_the_event_loop_per_step(llm):
         finally:
             engine.shutdown()
             engine.llm.engine.step = step
-        return texts, sum(c is _deliver for c in calls), len(steps)  # the rest: run_in_executor's own
+        return texts, sum(c is _put_all for c in calls), len(steps)  # the rest: run_in_executor's own
 
     texts, wake_ups, steps = asyncio.run(main())
     assert all(texts) and 0 < wake_ups <= steps < 16  # per token per stream: 2 x 8 = 16 or more

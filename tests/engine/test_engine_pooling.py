@@ -57,7 +57,9 @@ def test_text_and_token_ids_embed_alike(llm):
     text = "the same words"
     ids = llm.tokenizer.encode(text)
     out = llm.embed([text, ids])
-    assert out[0].prompt_token_ids == ids and out[0].outputs.embedding == pytest.approx(out[1].outputs.embedding)
+    # Two rows of one batch: with 2+ threads their reductions may split differently (last bits of a unit vector).
+    assert out[0].prompt_token_ids == ids
+    assert out[0].outputs.embedding == pytest.approx(out[1].outputs.embedding, rel=1e-5, abs=1e-7)
 
 
 def test_score_is_the_mean_log_probability_of_the_candidate_and_its_end(llm):
