@@ -78,14 +78,14 @@ class Handle:
     """A submitted request: iterate it for deltas; `output()` once finished; `cancel()` to abort."""
 
     request: Request
-    loop: asyncio.AbstractEventLoop
+    loop: asyncio.AbstractEventLoop | None  # where its deliveries go (None: the engine's own deliver)
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     submitted: float = field(default_factory=time.monotonic)
     first_token: float | None = None
     cancelled: bool = False
     closed: set[int] = field(default_factory=set)  # samples whose last delta has been put
     outbox: list = field(default_factory=list)  # the engine's: what waits for the end of the step (engine thread)
-    tag: Any = None  # the submitter's name for this request (an engine process's request id)
+    tag: Any = None  # the submitter's name for this request (an engine process's request id; enqueue())
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -181,18 +181,28 @@ class AsyncEngine:
 
     async def submit(self, messages: list[dict], params: SamplingParams, enable_thinking: bool | None = None,
                      tools: list[dict] | None = None, lora: str | None | LoraChoice = LoraChoice.DEFAULT,
-                     tag: Any = None, **template_kwargs: Any) -> Handle:
+                     **template_kwargs: Any) -> Handle:
         """Prepare (in the media pool) and enqueue one conversation, run with the served adapter `lora` (None:
         the base model). Raises QueueFullError at once when the queue is full, and InputError/ContextLengthError
-        for bad input, before anything is queued. `tag`: kept on the handle for the caller."""
-        return await self._enqueue(
-            params, lambda: self.llm.prepare_chat([messages], params, enable_thinking, tools, lora,
-                                                  **template_kwargs)[0], tag)
+        for bad input, before anything is queued."""
+        return await self._enqueue(params, self.chat_preparer(messages, params, enable_thinking, tools, lora,
+                                                              **template_kwargs))
 
     async def submit_prompt(self, prompt: str | list[int], params: SamplingParams,
-                            lora: str | None | LoraChoice = LoraChoice.DEFAULT, tag: Any = None) -> Handle:
+                            lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> Handle:
         """Enqueue an already formatted text prompt (or token ids): no chat template, no media."""
-        return await self._enqueue(params, lambda: self.llm.prepare_prompt(prompt, params, lora), tag)
+        return await self._enqueue(params, self.prompt_preparer(prompt, params, lora))
+
+    def chat_preparer(self, messages: list[dict], params: SamplingParams, enable_thinking: bool | None = None,
+                      tools: list[dict] | None = None, lora: str | None | LoraChoice = LoraChoice.DEFAULT,
+                      **template_kwargs: Any) -> Callable[[], Request]:
+        """What prepares submit()'s request (its arguments)."""
+        return lambda: self.llm.prepare_chat([messages], params, enable_thinking, tools, lora, **template_kwargs)[0]
+
+    def prompt_preparer(self, prompt: str | list[int], params: SamplingParams,
+                        lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> Callable[[], Request]:
+        """What prepares submit_prompt()'s request (its arguments)."""
+        return lambda: self.llm.prepare_prompt(prompt, params, lora)
 
     async def embed(self, inputs: list, add_generation_prompt: bool, lora: str | None) -> tuple[list[np.ndarray], int]:
         """The embedding of each input (as /v1/embeddings reads them) and their prompt tokens, with adapter `lora`."""
@@ -233,7 +243,19 @@ class AsyncEngine:
         finally:
             self.pooling_waiting -= 1
 
-    async def _enqueue(self, params: SamplingParams, prepare, tag: Any) -> Handle:
+    async def _enqueue(self, params: SamplingParams, prepare: Callable[[], Request]) -> Handle:
+        self.reserve(params)
+        loop = asyncio.get_running_loop()
+        try:
+            request = await loop.run_in_executor(self.pool, self.prepared, prepare)
+        finally:
+            self.release()
+        return self.enqueue(request, loop)
+
+    # The steps of a submission, for a caller on threads of its own (an engine process): reserve() at once on
+    # arrival, prepared() in the media pool, release() after it in every case, then enqueue().
+    def reserve(self, params: SamplingParams) -> None:
+        """Count a submission in, or refuse it at once: more samples than a batch holds, or a full queue."""
         if params.n > self.max_batch:
             raise InputError(f"n is {params.n}, but this server decodes at most {self.max_batch} sequences at "
                              f"once (--max-batch); ask for n <= {self.max_batch}")
@@ -241,22 +263,26 @@ class AsyncEngine:
             if self.queue_depth >= self.max_queue:
                 raise QueueFullError(f"the server is busy ({self.queue_depth} requests waiting); retry shortly")
             self.preparing += 1
-        loop = asyncio.get_running_loop()
-        try:
-            request = await loop.run_in_executor(self.pool, lambda: self._checked(prepare()))
-        finally:
-            with self.lock:
-                self.preparing -= 1
+
+    def release(self) -> None:
+        with self.lock:
+            self.preparing -= 1
+
+    def prepared(self, prepare: Callable[[], Request]) -> Request:
+        """The request `prepare` makes, checked (errors reach this caller alone, before anything is queued)."""
+        request = prepare()
+        for seq in request.seqs:
+            self.llm.engine.check(seq)
+        return request
+
+    def enqueue(self, request: Request, loop: asyncio.AbstractEventLoop | None, tag: Any = None) -> Handle:
+        """Hand a prepared request to the engine thread; its deliveries go to `loop` (or to self.deliver's
+        destination)."""
         handle = Handle(request, loop, outbox=self.outbox, tag=tag)
         with self.wake:
             self.waiting.append(handle)
             self.wake.notify()
         return handle
-
-    def _checked(self, request: Request) -> Request:
-        for seq in request.seqs:  # errors reach this caller alone, before anything is queued
-            self.llm.engine.check(seq)
-        return request
 
     def output(self, handle: Handle) -> RequestOutput:
         return self.llm.request_output(handle.request)

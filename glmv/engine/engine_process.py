@@ -6,7 +6,8 @@ streams on a small model the server reached 0.6x the engine's own throughput. He
 process with its own interpreter, and the two exchange messages over a pipe:
 
     front end (HTTP)                                  engine process
-    ("call", id, method, args, kwargs)   ------->     an AsyncEngine's submit / submit_prompt / embed / score / stats
+    ("submit", id, method, args, kwargs) ------->     an AsyncEngine's submit / submit_prompt, prepared and queued
+    ("call", id, method, args, kwargs)   ------->     an AsyncEngine's embed / score / stats
     ("cancel", id)                       ------->     the handle's cancel()
                                          <-------     ("result" | "error", id, value): the call's answer
                                          <-------     ("step", [(id, item), ...]): one message per engine step
@@ -177,7 +178,7 @@ class EngineProcess:
         handle = RemoteHandle(RemoteRequest(params), asyncio.get_running_loop(), tag=rid, owner=self)
         self.handles[rid] = handle
         try:
-            prompt, tools, prompt_tokens, n = await self._call(method, args, {**kwargs, "tag": rid}, rid)
+            prompt, tools, prompt_tokens, n = await self._call(method, args, kwargs, rid, kind="submit")
         except BaseException as e:
             self.handles.pop(rid, None)
             if isinstance(e, asyncio.CancelledError) and self.alive:  # the client left while it was prepared
@@ -187,7 +188,7 @@ class EngineProcess:
         handle.request.sample(n - 1)
         return handle
 
-    async def _call(self, method: str, args: tuple, kwargs: dict, rid: int | None = None) -> Any:
+    async def _call(self, method: str, args: tuple, kwargs: dict, rid: int | None = None, kind: str = "call") -> Any:
         if not self.alive:
             raise EngineStoppedError("the engine process has stopped; restart the server")
         self._listen()
@@ -195,7 +196,7 @@ class EngineProcess:
         future = self.loop.create_future()
         self.calls[rid] = future
         try:
-            self._send(("call", rid, method, args, kwargs))
+            self._send((kind, rid, method, args, kwargs))
             return await future
         finally:
             self.calls.pop(rid, None)
@@ -298,15 +299,17 @@ class _Core:
         self.conn = conn
         self.sending = threading.Lock()  # the engine thread sends steps, the event loop answers calls
         self.handles: dict[int, Handle] = {}
-        self.cancelled: set[int] = set()  # cancelled before their submission returned
+        self.cancelled: set[int] = set()  # cancelled while being prepared
+        self.registry = threading.Lock()  # handles and cancelled: the pipe's thread and the media pool's
         self.sent: dict[int, list[list[int]]] = {}  # request id -> per sample: [token ids sent, logprobs sent]
         self.engine = AsyncEngine(llm, deliver=self._deliver, **engine_kwargs)
 
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.done = self.loop.create_future()
-        # Read on a thread that does nothing else, so that the front end's writes always drain (an answer this
-        # process sends may wait for the front end to read, which may be waiting for its write to finish).
+        # Read on a thread that does nothing else but start submissions, so that the front end's writes always
+        # drain (an answer this process sends may wait for the front end to read, which may be waiting for its
+        # write to finish).
         threading.Thread(target=self._read, name="glmv-pipe", daemon=True).start()
         try:
             await self.done
@@ -320,40 +323,74 @@ class _Core:
     def _read(self) -> None:
         try:
             while True:
-                self.loop.call_soon_threadsafe(self._dispatch, self.conn.recv())
+                message = self.conn.recv()
+                if message[0] == "submit":
+                    self._submit(*message[1:])
+                elif message[0] == "cancel":
+                    self._cancel(message[1])
+                else:  # "call", "stop"
+                    self.loop.call_soon_threadsafe(self._dispatch, message)
         except (EOFError, OSError):  # the front end is gone
             self.loop.call_soon_threadsafe(self._dispatch, ("stop",))
 
     def _dispatch(self, message: tuple) -> None:
         if message[0] == "call":
             asyncio.ensure_future(self._call(*message[1:]))
-        elif message[0] == "cancel":
-            handle = self.handles.get(message[1])
-            if handle is not None:
-                handle.cancel()
-            else:
-                self.cancelled.add(message[1])
         elif not self.done.done():  # "stop"
             self.done.set_result(None)
 
+    # Submissions skip this process's event loop: from the pipe's thread to the media pool and on to the engine
+    # thread. Under load every hand-over between threads waits for the interpreter lock, up to its 5 ms switch
+    # interval while the engine thread is busy, and a hand-over here is time to first token for the client.
+    def _submit(self, rid: int, method: str, args: tuple, kwargs: dict) -> None:
+        engine = self.engine
+        try:
+            preparer = {"submit": engine.chat_preparer, "submit_prompt": engine.prompt_preparer}[method]
+            prepare = preparer(*args, **kwargs)
+            engine.reserve(args[1])  # both take (what to prepare, params, ...)
+        except Exception as e:
+            self._send(("error", rid, _portable(e)))
+            return
+        engine.pool.submit(self._prepare, rid, prepare)
+
+    def _prepare(self, rid: int, prepare) -> None:
+        try:
+            request = self.engine.prepared(prepare)
+        except Exception as e:
+            with self.registry:
+                self.cancelled.discard(rid)
+            self._send(("error", rid, _portable(e)))
+            return
+        finally:
+            self.engine.release()
+        handle = self.engine.enqueue(request, None, rid)  # its deltas may be on their way from now on (_deliver)
+        with self.registry:
+            if len(handle.closed) < len(request.seqs):  # not ended already (and so gone from self.handles)
+                self.handles[rid] = handle
+            if rid in self.cancelled:
+                self.cancelled.discard(rid)
+                handle.cancel()
+        self._answer(rid, (request.prompt, request.tools, len(request.prompt_ids), len(request.seqs)))
+
+    def _cancel(self, rid: int) -> None:
+        with self.registry:
+            handle = self.handles.get(rid)
+            if handle is not None:
+                handle.cancel()
+            else:  # still being prepared (or over): _prepare cancels it once it is queued
+                self.cancelled.add(rid)
+
     async def _call(self, rid: int, method: str, args: tuple, kwargs: dict) -> None:
-        if method not in _METHODS:
+        if method not in _CALLS:
             raise ValueError(f"unknown engine call {method!r}")
         try:
             result = await getattr(self.engine, method)(*args, **kwargs)
         except Exception as e:
-            self.cancelled.discard(rid)
             self._send(("error", rid, _portable(e)))
             return
-        if isinstance(result, Handle):  # a submission: its deltas may already be on their way (_deliver)
-            self.handles[rid] = result
-            if len(result.closed) == len(result.request.seqs):  # it has already ended (and left self.handles)
-                self.handles.pop(rid, None)
-            if rid in self.cancelled:
-                self.cancelled.discard(rid)
-                result.cancel()
-            req = result.request
-            result = (req.prompt, req.tools, len(req.prompt_ids), len(req.seqs))
+        self._answer(rid, result)
+
+    def _answer(self, rid: int, result: Any) -> None:
         try:
             self._send(("result", rid, result))
         except Exception as e:  # an answer that cannot cross must not leave its caller waiting
@@ -368,7 +405,8 @@ class _Core:
                 out.append((rid, self._delta(rid, handle, item)))
             elif item is None:
                 out.append((rid, self.engine.output(handle)))
-                self.handles.pop(rid, None)
+                with self.registry:
+                    self.handles.pop(rid, None)
                 self.sent.pop(rid, None)
             else:
                 out.append((rid, _portable(item)))
@@ -393,7 +431,7 @@ class _Core:
         return delta.index, delta.text, delta.finish_reason, ids, logprobs
 
 
-_METHODS = frozenset({"submit", "submit_prompt", "embed", "score", "stats"})
+_CALLS = frozenset({"embed", "score", "stats"})  # run on this process's event loop
 
 
 def _portable(error: BaseException) -> BaseException:
