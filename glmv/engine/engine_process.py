@@ -25,6 +25,7 @@ handles.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import itertools
 import logging
@@ -89,8 +90,11 @@ class RemoteHandle(Handle):
     final: RequestOutput | None = None  # the request's output, once it has ended
 
     def cancel(self) -> None:
-        if not self.cancelled and self.final is None and self.owner is not None:
-            self.owner._send(("cancel", self.tag))
+        if not self.cancelled and self.final is None and self.owner is not None and self.owner.alive:
+            try:
+                self.owner._send(("cancel", self.tag))
+            except OSError:  # the engine process is gone, and the request with it
+                pass
         self.cancelled = True
 
 
@@ -118,6 +122,9 @@ class EngineProcess:
             self.process.join()
             raise value
         self.info: EngineInfo = value
+        # multiprocessing joins non-daemon children at exit: a server that exits without shutdown() (a port in
+        # use, an error before it starts serving) must still stop the engine process, or the exit would hang.
+        atexit.register(self.shutdown)
         self.max_batch = max_batch
         self.stopped = False
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -159,6 +166,9 @@ class EngineProcess:
                              completion_tokens=sum(len(s.output_ids) for s in req.seqs))
 
     def shutdown(self) -> None:
+        """Stop the engine process (also called at exit; a second call does nothing)."""
+        if self.conn.closed:
+            return
         self.stopped = True
         if self.process.is_alive():
             try:
@@ -169,6 +179,8 @@ class EngineProcess:
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(timeout=5)
+        if self.reader is not None:  # it sees the end of the pipe now; close the pipe after, not under it
+            self.reader.join(timeout=5)
         self.conn.close()
 
     # --- messages -----------------------------------------------------------------------------------------------
@@ -196,7 +208,10 @@ class EngineProcess:
         future = self.loop.create_future()
         self.calls[rid] = future
         try:
-            self._send((kind, rid, method, args, kwargs))
+            try:
+                self._send((kind, rid, method, args, kwargs))
+            except (BrokenPipeError, ConnectionResetError):
+                raise EngineStoppedError("the engine process has stopped; restart the server") from None
             return await future
         finally:
             self.calls.pop(rid, None)
