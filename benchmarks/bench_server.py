@@ -1,11 +1,13 @@
 """Server overhead: requests/s and time to first token at concurrency 1, 8 and 32, through `glmv serve` (HTTP +
 SSE on loopback, a separate process) vs the same AsyncEngine called directly in this process, on a tiny model.
 
-    python benchmarks/bench_server.py [--threads 1] [--tokens 16] [--rounds 3] [--device cpu]
+    python benchmarks/bench_server.py [--threads 1] [--tokens 16] [--rounds 5] [--device cpu]
 
-Both sides serve the same checkpoint with the same batch size. Rounds alternate direct / server so that a busy
-machine slows both alike; the medians are printed. Ratios are server / direct: requests/s below 1 and time to
-first token above 1 are what HTTP, JSON and SSE cost.
+Both sides serve the same checkpoint with the same batch size and torch thread count; the server runs as
+`glmv serve` does by default (its engine in a process of its own, no access log). Within a round the two sides
+run back to back, each first in turn, and a ratio is the median of the rounds' ratios, so that a machine whose
+speed drifts (shared, noisy) slows both sides of a ratio alike. Ratios are server / direct: requests/s below 1 and
+time to first token above 1 are what HTTP, JSON, SSE and the hand-over between processes cost.
 """
 
 from __future__ import annotations
@@ -66,11 +68,18 @@ def server_request(port: int, tokens: int):
     async def one(i: int) -> float:
         body = json.dumps({"model": "model", "temperature": 0, "max_tokens": tokens, "ignore_eos": True,
                            "stream": True, "messages": messages(i)}).encode()
+        request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (LOOPBACK.encode(), len(body), body))
         start = time.perf_counter()
-        reader, writer = idle.pop() if idle else await asyncio.open_connection(LOOPBACK, port)
-        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (LOOPBACK.encode(), len(body), body))
-        status = await reader.readline()
+        status = b""
+        while idle and not status:  # the server closes connections idle for 5 s (uvicorn's keep-alive timeout)
+            reader, writer = idle.pop()
+            writer.write(request)
+            status = await reader.readline()
+        if not status:
+            reader, writer = await asyncio.open_connection(LOOPBACK, port)
+            writer.write(request)
+            status = await reader.readline()
         if b" 200 " not in status:
             raise RuntimeError(f"server answered {status!r}")
         first, chunks = None, 0
@@ -96,10 +105,11 @@ async def measure(llm: LLM, port: int, args) -> dict[str, dict[int, list[tuple[f
         sides = {"direct": direct_request(engine, params), "server": server_request(port, args.tokens)}
         for one in sides.values():  # warm-up: first calls of each shape are slow
             await run_level(one, 8, 8)
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for c in LEVELS:
-                for side, one in sides.items():
-                    results[side][c].append(await run_level(one, c, max(24, 6 * c)))
+                # the two sides back to back, in turn first: a ratio pairs measurements a second apart
+                for side in ("direct", "server")[:: 1 if r % 2 == 0 else -1]:
+                    results[side][c].append(await run_level(sides[side], c, max(24, 6 * c)))
     finally:
         engine.shutdown()
     return results
@@ -109,7 +119,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the engine, on both sides (default 1)")
     ap.add_argument("--tokens", type=int, default=16, help="tokens generated per request")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,18 +127,21 @@ def main() -> None:
     path = make_tiny_model_dir(os.path.join(tempfile.mkdtemp(), "model"))
     llm = LLM(path, device=args.device, progress=False)
     with serve_process(path, "--device", args.device, "--threads", str(args.threads), "--max-batch", str(max(LEVELS)),
-                       "--max-queue", "1024") as server:
+                       "--max-queue", "1024", log_level="WARNING") as server:  # glmv serve's default: no access log
         results = asyncio.run(measure(llm, int(server.url.rsplit(":", 1)[1]), args))
 
     print(f"tiny glm4v_moe on {args.device}, {args.tokens} tokens per request, batch up to {max(LEVELS)}, "
-          f"{args.threads} threads, median of {args.rounds} rounds")
+          f"{args.threads} threads, medians of {args.rounds} rounds (a ratio: the median of each round's ratio)")
     print(f"{'concurrency':>11} {'direct req/s':>13} {'server req/s':>13} {'ratio':>6}   "
           f"{'direct TTFT ms':>14} {'server TTFT ms':>14} {'ratio':>6}")
     for c in LEVELS:
-        d_rps, d_ttft = (statistics.median(v) for v in zip(*results["direct"][c]))
-        s_rps, s_ttft = (statistics.median(v) for v in zip(*results["server"][c]))
-        print(f"{c:>11} {d_rps:13.2f} {s_rps:13.2f} {s_rps / d_rps:5.2f}x   "
-              f"{d_ttft * 1e3:14.1f} {s_ttft * 1e3:14.1f} {s_ttft / d_ttft:5.2f}x")
+        direct, server = results["direct"][c], results["server"][c]
+        d_rps, d_ttft = (statistics.median(v) for v in zip(*direct))
+        s_rps, s_ttft = (statistics.median(v) for v in zip(*server))
+        rps_ratio = statistics.median(s[0] / d[0] for d, s in zip(direct, server))
+        ttft_ratio = statistics.median(s[1] / d[1] for d, s in zip(direct, server))
+        print(f"{c:>11} {d_rps:13.2f} {s_rps:13.2f} {rps_ratio:5.2f}x   "
+              f"{d_ttft * 1e3:14.1f} {s_ttft * 1e3:14.1f} {ttft_ratio:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_process(model_dir: str | Path, *args: str, api_key: str | None = None,
-                  startup_timeout: float = 120.0) -> Iterator[ServerProcess]:
+def serve_process(model_dir: str | Path, *args: str, api_key: str | None = None, startup_timeout: float = 120.0,
+                  log_level: str = "INFO") -> Iterator[ServerProcess]:
     """Start `glmv serve --model model_dir ARGS` on a free loopback port; yield once /health answers 200.
     The API key travels in the environment ($GLMV_API_KEY), as a deployment should pass it. The decode step is
     not compiled unless ARGS say --compile: the engine's tests cover the compiled step, and a cold compile would
@@ -57,7 +57,7 @@ def serve_process(model_dir: str | Path, *args: str, api_key: str | None = None,
         args = (*args, "--no-compile")
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="glmv-serve-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "glmv.cli", "--log-level", "INFO", "serve", "--model", str(model_dir),
+    cmd = [sys.executable, "-m", "glmv.cli", "--log-level", log_level, "serve", "--model", str(model_dir),
            "--host", LOOPBACK, "--port", str(port), *args]
     with open(log, "wb") as out:
         env = {**os.environ, "GLMV_API_KEY": api_key or ""}
