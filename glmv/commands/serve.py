@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.engine_process:
         # An OpenMP thread waiting for work spins on its core: on the HTTP server's core, it takes the time the
         # server needs for its streams (measured on 2 cores: 0.6x the engine's throughput, 0.9-1x with the core left
-        # free; docs/performance.md).
+        # free; docs/serve.md).
         threads = args.threads or max(1, torch.get_num_threads() - 1)
         llm = EngineProcess(llm_kwargs, args.max_queue, args.max_batch, args.media_workers, threads)
     else:

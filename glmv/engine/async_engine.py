@@ -196,12 +196,12 @@ class AsyncEngine:
     def chat_preparer(self, messages: list[dict], params: SamplingParams, enable_thinking: bool | None = None,
                       tools: list[dict] | None = None, lora: str | None | LoraChoice = LoraChoice.DEFAULT,
                       **template_kwargs: Any) -> Callable[[], Request]:
-        """What prepares submit()'s request (its arguments)."""
+        """A function making, on whichever thread calls it, the request submit() would enqueue for these arguments."""
         return lambda: self.llm.prepare_chat([messages], params, enable_thinking, tools, lora, **template_kwargs)[0]
 
     def prompt_preparer(self, prompt: str | list[int], params: SamplingParams,
                         lora: str | None | LoraChoice = LoraChoice.DEFAULT) -> Callable[[], Request]:
-        """What prepares submit_prompt()'s request (its arguments)."""
+        """The same for submit_prompt()."""
         return lambda: self.llm.prepare_prompt(prompt, params, lora)
 
     async def embed(self, inputs: list, add_generation_prompt: bool, lora: str | None) -> tuple[list[np.ndarray], int]:

@@ -109,7 +109,8 @@ class EngineProcess:
         self.conn, child = ctx.Pipe()
         engine_kwargs = {"max_queue": max_queue, "max_batch": max_batch, "media_workers": media_workers}
         self.process = ctx.Process(target=_engine_main, name="glmv-engine",
-                                   args=(child, llm_kwargs, engine_kwargs, threads or torch.get_num_threads()))
+                                   args=(child, llm_kwargs, engine_kwargs, threads or torch.get_num_threads(),
+                                         logging.getLogger().getEffectiveLevel()))
         self.process.start()
         child.close()
         try:
@@ -125,7 +126,6 @@ class EngineProcess:
         # multiprocessing joins non-daemon children at exit: a server that exits without shutdown() (a port in
         # use, an error before it starts serving) must still stop the engine process, or the exit would hang.
         atexit.register(self.shutdown)
-        self.max_batch = max_batch
         self.stopped = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reader: threading.Thread | None = None
@@ -241,7 +241,11 @@ class EngineProcess:
                 message = self.conn.recv()
                 self._on_loop(self._dispatch, message)
         except (EOFError, OSError):
-            self._on_loop(self._lost)
+            pass
+        except Exception:  # a message that cannot be read: nothing after it can be trusted either
+            log.exception("unreadable message from the engine process; stopping it")
+            self.process.kill()
+        self._on_loop(self._lost)
 
     def _on_loop(self, callback, *args) -> None:
         try:
@@ -293,10 +297,10 @@ class EngineProcess:
 
 
 # --- the engine process ---------------------------------------------------------------------------------------
-def _engine_main(conn: Connection, llm_kwargs: dict, engine_kwargs: dict, threads: int) -> None:
+def _engine_main(conn: Connection, llm_kwargs: dict, engine_kwargs: dict, threads: int, log_level: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s [engine] %(name)s: %(message)s")
+    logging.basicConfig(level=log_level, format="%(levelname)s [engine] %(name)s: %(message)s")
     try:
         core = _Core(conn, LLM(**llm_kwargs), engine_kwargs)
     except Exception as e:  # the parent raises it (a checkpoint or config error says what to fix)
@@ -312,7 +316,7 @@ class _Core:
 
     def __init__(self, conn: Connection, llm: LLM, engine_kwargs: dict):
         self.conn = conn
-        self.sending = threading.Lock()  # the engine thread sends steps, the event loop answers calls
+        self.sending = threading.Lock()  # steps from the engine thread, answers from the pipe's, pool and loop threads
         self.handles: dict[int, Handle] = {}
         self.cancelled: set[int] = set()  # cancelled while being prepared
         self.registry = threading.Lock()  # handles and cancelled: the pipe's thread and the media pool's
