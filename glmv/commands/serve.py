@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"glmv: serving {app.state.glmv.model_name!r} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=logging.getLevelName(log.getEffectiveLevel()).lower(),
                 timeout_graceful_shutdown=5)
+    gc.unfreeze()  # collectable again at exit (nanobind, in compiled code, reports what is left as leaks)
     return 0
 
 

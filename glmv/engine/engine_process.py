@@ -309,6 +309,7 @@ def _engine_main(conn: Connection, llm_kwargs: dict, engine_kwargs: dict, thread
     gc.freeze()  # the model and everything loaded with it: keep full collections from walking them again
     conn.send(("ready", core.engine.info))
     asyncio.run(core.serve())
+    gc.unfreeze()  # collectable again at exit (nanobind, in compiled code, reports what is left as leaks)
 
 
 class _Core:
