@@ -319,8 +319,9 @@ class _Core:
         self.conn = conn
         self.sending = threading.Lock()  # steps from the engine thread, answers from the pipe's, pool and loop threads
         self.handles: dict[int, Handle] = {}
-        self.cancelled: set[int] = set()  # cancelled while being prepared
-        self.registry = threading.Lock()  # handles and cancelled: the pipe's thread and the media pool's
+        self.preparing: set[int] = set()  # submissions in the media pool
+        self.cancelled: set[int] = set()  # those of them cancelled meanwhile
+        self.registry = threading.Lock()  # the three above: the pipe's thread, the media pool's, the engine's
         self.sent: dict[int, list[list[int]]] = {}  # request id -> per sample: [token ids sent, logprobs sent]
         self.engine = AsyncEngine(llm, deliver=self._deliver, **engine_kwargs)
 
@@ -371,6 +372,8 @@ class _Core:
         except Exception as e:
             self._send(("error", rid, _portable(e)))
             return
+        with self.registry:
+            self.preparing.add(rid)
         engine.pool.submit(self._prepare, rid, prepare)
 
     def _prepare(self, rid: int, prepare) -> None:
@@ -378,6 +381,7 @@ class _Core:
             request = self.engine.prepared(prepare)
         except Exception as e:
             with self.registry:
+                self.preparing.discard(rid)
                 self.cancelled.discard(rid)
             self._send(("error", rid, _portable(e)))
             return
@@ -385,6 +389,7 @@ class _Core:
             self.engine.release()
         handle = self.engine.enqueue(request, None, rid)  # its deltas may be on their way from now on (_deliver)
         with self.registry:
+            self.preparing.discard(rid)
             if len(handle.closed) < len(request.seqs):  # not ended already (and so gone from self.handles)
                 self.handles[rid] = handle
             if rid in self.cancelled:
@@ -397,8 +402,9 @@ class _Core:
             handle = self.handles.get(rid)
             if handle is not None:
                 handle.cancel()
-            else:  # still being prepared (or over): _prepare cancels it once it is queued
+            elif rid in self.preparing:  # _prepare cancels it once it is queued
                 self.cancelled.add(rid)
+            # else it is over already
 
     async def _call(self, rid: int, method: str, args: tuple, kwargs: dict) -> None:
         if method not in _CALLS:
