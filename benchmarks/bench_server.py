@@ -71,15 +71,13 @@ def server_request(port: int, tokens: int):
         request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                    b"Content-Length: %d\r\n\r\n%s" % (LOOPBACK.encode(), len(body), body))
         start = time.perf_counter()
-        status = b""
-        while idle and not status:  # the server closes connections idle for 5 s (uvicorn's keep-alive timeout)
-            reader, writer = idle.pop()
+        while True:  # a kept connection may have been closed: uvicorn closes those idle for 5 s
+            fresh = not idle
+            reader, writer = await asyncio.open_connection(LOOPBACK, port) if fresh else idle.pop()
             writer.write(request)
             status = await reader.readline()
-        if not status:
-            reader, writer = await asyncio.open_connection(LOOPBACK, port)
-            writer.write(request)
-            status = await reader.readline()
+            if status or fresh:
+                break
         if b" 200 " not in status:
             raise RuntimeError(f"server answered {status!r}")
         first, chunks = None, 0
