@@ -55,6 +55,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     attention_backend: str = "sdpa"  # "sdpa" (gather + SDPA) or "flex" (FlexAttention over the pool in place)
     compile: bool = False  # decode steps through torch.compile (glmv/engine/compiled_step.py), warmed up at start
+    compile_mode: str = "default"  # or "max-autotune": frozen weights, Inductor's GEMM templates (compiled_step.py)
 
 
 class Engine:
@@ -79,11 +80,13 @@ class Engine:
                  num_blocks * per_block / 2**20, self.max_model_len)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(model, self.kv, config.attention_backend, config.compile)
+        self.runner = ModelRunner(model, self.kv, config.attention_backend, config.compile, config.compile_mode)
         if self.runner.decode is not None:
+            if config.compile_mode == "max-autotune":
+                log.info("compiling the decode step with mode max-autotune: minutes for a new checkpoint")
             try:
-                log.info("decode step compiled in %.1f s (torch.compile; warm after the first run with these "
-                         "shapes)", self.runner.decode.warm_up())
+                log.info("decode step compiled in %.1f s (torch.compile, mode %s; warm after the first run with "
+                         "these shapes)", self.runner.decode.warm_up(), config.compile_mode)
             except Exception as e:  # no C++ compiler, a module Dynamo cannot trace (quantised ones in torch 2.13)...
                 log.warning("compiling the decode step failed, decoding eagerly: %s", str(e).splitlines()[0])
                 self.runner.decode = None

@@ -118,7 +118,7 @@ class LLM:
                  block_size: int = 16, max_num_batched_tokens: int = 2048, attention_backend: str = "sdpa",
                  memory: int | str | None = None, cpu_memory: int | str | None = None,
                  lora: str | Path | Mapping[str, str | Path] | None = None, tensor_parallel_size: int = 1,
-                 expert_parallel: bool = False, compile: bool = False):
+                 expert_parallel: bool = False, compile: bool = False, compile_mode: str = "default"):
         """`kv_cache_memory`: bytes (or "2GiB", "512MB") of paged KV cache, allocated once (default: on CPU room for
         16 full-context sequences, at most 1 GiB; on GPU half the free memory); `block_size`: tokens per KV block;
         `max_num_batched_tokens`: tokens one step computes at most (longer prompts are prefilled in chunks between
@@ -135,9 +135,11 @@ class LLM:
         tensor parallelism, routed experts too, or by expert with `expert_parallel` (glmv/distributed/serving.py;
         the "sdpa" backend, float weights, no `memory` plan or `lora`); `compile`: decode steps through torch.compile,
         compiled before this returns (glmv/engine/compiled_step.py: seconds from Inductor's cache, about half a
-        minute for a new model shape on CPU)."""
+        minute for a new model shape on CPU); `compile_mode`: "default", or "max-autotune" (weights frozen into the
+        compiled step, Inductor's C++ GEMM templates on CPU: the fastest decode, for a second packed copy of the
+        decoder's weights and minutes of compiling for a new checkpoint; docs/performance.md)."""
         engine = EngineConfig(block_size, parse_memory(kv_cache_memory), max_num_batched_tokens=max_num_batched_tokens,
-                              attention_backend=attention_backend, compile=compile)
+                              attention_backend=attention_backend, compile=compile, compile_mode=compile_mode)
         device = resolve_device(device)  # "auto", or one this machine has: a clear error before any loading
         path = resolve_model_path(model)
         load = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from glmv.engine.compiled_step import CompiledDecode
+from glmv.engine.compiled_step import MODES, CompiledDecode
 from glmv.engine.paged_kv import BACKENDS, FlexPagedStep, PagedKVCache, PagedStep
 from glmv.engine.sequence import Sequence
 from glmv.errors import ConfigError
@@ -26,14 +26,16 @@ from glmv.model.positions import IMAGE, VIDEO
 
 class ModelRunner:
     def __init__(self, model: GlmvForConditionalGeneration, cache: PagedKVCache, attention_backend: str = "sdpa",
-                 compile: bool = False):
+                 compile: bool = False, compile_mode: str = "default"):
         if attention_backend not in BACKENDS:
             raise ConfigError(f"attention backend {attention_backend!r}: use one of {', '.join(BACKENDS)}")
+        if compile_mode not in MODES:
+            raise ConfigError(f"compile mode {compile_mode!r}: use one of {', '.join(MODES)}")
         if compile and attention_backend != "sdpa":
             raise ConfigError("compile=True compiles the 'sdpa' backend's decode step; use attention_backend='sdpa'")
         self.model, self.cache, self.backend = model, cache, attention_backend
         # decode steps (every row one token, no media) through torch.compile (glmv/engine/compiled_step.py)
-        self.decode = CompiledDecode(model, cache) if compile else None
+        self.decode = CompiledDecode(model, cache, compile_mode) if compile else None
 
     @torch.inference_mode()
     def forward(self, work: list[tuple[Sequence, int]]) -> torch.Tensor:

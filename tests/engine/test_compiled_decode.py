@@ -1,7 +1,8 @@
 """The compiled decode step (glmv/engine/compiled_step.py) against the eager engine: the same greedy tokens and
 logprobs for a batch of conversations of different lengths (text, image, video), alone and batched, with prefix
-caching; two graphs only (batch 1 and batch >= 2), whatever the context lengths; the gathered experts equal the
-grouped ones."""
+caching; two graphs only (batch 1 and batch >= 2), whatever the context lengths, in both modes ("default" and
+"max-autotune": weights frozen into the graph, Inductor's C++ GEMM templates); the gathered experts equal the
+grouped ones; a frozen step's cache key follows the weights."""
 
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ from tests.engine.test_engine_paged import conversations
 PARAMS = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=0)
 
 
-@pytest.fixture(scope="module", params=["glm4v_moe", pytest.param("glm4v", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=[("glm4v_moe", "default"), ("glm4v_moe", "max-autotune"),
+                                        pytest.param(("glm4v", "default"), marks=pytest.mark.slow),
+                                        pytest.param(("glm4v", "max-autotune"), marks=pytest.mark.slow)],
+                ids=lambda p: "-".join(p))
 def pair(request, tmp_path_factory):
     """(eager, compiled) LLMs over one tiny random checkpoint."""
-    path = make_tiny_model_dir(tmp_path_factory.mktemp(request.param), request.param)
+    model_type, mode = request.param
+    path = make_tiny_model_dir(tmp_path_factory.mktemp(model_type), model_type)
     torch._dynamo.reset()
-    return LLM(path, progress=False), LLM(path, progress=False, compile=True)
+    return LLM(path, progress=False), LLM(path, progress=False, compile=True, compile_mode=mode)
 
 
 def outputs(llm: LLM, convs: list) -> list[tuple[list[int], list[float]]]:
@@ -49,6 +54,52 @@ def test_compile_takes_the_sdpa_backend(tmp_path):
     path = make_tiny_model_dir(tmp_path)
     with pytest.raises(ConfigError, match="sdpa"):
         LLM(path, progress=False, compile=True, attention_backend="flex")
+    with pytest.raises(ConfigError, match="compile mode 'fast': use one of default, max-autotune"):
+        LLM(path, progress=False, compile=True, compile_mode="fast")
+
+
+def test_frozen_step_cache_key_follows_the_weights(tmp_path):
+    """Inductor's cache keys a frozen graph by its code alone; the weights' fingerprint in the key keeps another
+    checkpoint of the same shapes from loading this one's weights."""
+    from glmv.engine.compiled_step import _WeightsKey
+    from glmv.weights import load_model
+
+    model = load_model(make_tiny_model_dir(tmp_path / "a"), progress=False)
+    same = _WeightsKey(load_model(make_tiny_model_dir(tmp_path / "b"), progress=False)).uuid()
+    other = _WeightsKey(load_model(make_tiny_model_dir(tmp_path / "c", seed=1), progress=False)).uuid()
+    assert _WeightsKey(model).uuid() == same != other
+    with torch.no_grad():
+        model.language_model.layers[-1].self_attn.o_proj.weight[3, 5] += 1e-6
+    assert _WeightsKey(model).uuid() != same
+
+
+def test_each_frozen_step_compiles_its_own_code(pair):
+    """Dynamo keeps graphs on the code object and the guards skip the model, so a frozen graph (weights baked in)
+    must live on a code object of its own instance: never found by another model's call."""
+    from glmv.engine.compiled_step import CompiledDecode
+
+    eager, compiled = pair
+    decode = compiled.engine.runner.decode
+
+    def code(d: CompiledDecode):
+        return d.fn._torchdynamo_orig_callable.__code__
+
+    if decode.mode == "default":
+        assert code(decode) is CompiledDecode._step.__code__
+    else:
+        other = CompiledDecode(eager.model, eager.engine.kv, "max-autotune")
+        assert len({id(code(decode)), id(code(other)), id(CompiledDecode._step.__code__)}) == 3  # equal, not the same
+
+
+@pytest.mark.slow
+def test_max_autotune_of_two_checkpoints_alike_in_shape(tmp_path):
+    """The second checkpoint compiles its own step (no cache hit on the first one's frozen weights)."""
+    for seed in (0, 1):
+        path = make_tiny_model_dir(tmp_path / str(seed), seed=seed)
+        convs = [conversations()[0]]
+        want = outputs(LLM(path, progress=False), convs)
+        got = outputs(LLM(path, progress=False, compile=True, compile_mode="max-autotune"), convs)
+        assert got[0][0] == want[0][0]
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 9])
