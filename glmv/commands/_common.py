@@ -40,7 +40,7 @@ def add_model_args(p: argparse.ArgumentParser, compile_default: bool = False) ->
                         f"half a minute for a new model shape on CPU; default: {'on' if compile_default else 'off'})")
     p.add_argument("--compile-mode", choices=("default", "max-autotune"), default=None,
                    help="max-autotune (implies --compile): weights frozen into the compiled step and Inductor's C++ "
-                        "GEMM templates on CPU, the fastest decode (about 1.6-1.9x the default mode on the nano "
+                        "GEMM templates on CPU, the fastest decode (1.3-1.9x the default mode per step on the nano "
                         "model), for a second packed copy of the decoder's weights and minutes of compiling for a "
                         "new checkpoint (default: default)")
     p.set_defaults(compile_default=compile_default)

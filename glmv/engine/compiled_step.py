@@ -42,8 +42,9 @@ MODES = ("default", "max-autotune")
 class CompiledDecode:
     def __init__(self, model: GlmvForConditionalGeneration, cache: PagedKVCache, mode: str = "default"):
         self.model, self.cache, self.mode = model, cache, mode
-        # In the default mode the model's weights are graph inputs, not constants, so guarding every parameter of every module on each
-        # call (a tenth of a nano step) buys nothing: training and adapters change weights in place.
+        # In the default mode the model's weights are graph inputs, not constants, so guarding every parameter of
+        # every module on each call (a tenth of a nano step) buys nothing: training and adapters change weights in
+        # place.
         # Inductor's C++ wrapper: the graph's launcher compiled too; its Python launcher cost a fifth of a nano
         # step at batch 1 (about 0.5 ms: ~190 views and ~140 size checks a call)
         step = self._step
