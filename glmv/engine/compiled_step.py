@@ -68,30 +68,38 @@ class CompiledDecode:
                  read: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """ids/types [B, 1], positions [3, B, 1], write [B, 1] and read [B, keys] slots, real [B, keys] (1 where a
         key is a real token) -> next-token logits [B, vocab] fp32."""
-        mask = real.bool()[:, None, None, :] if ids.shape[0] > 1 else None  # one row: no padding anywhere
+        with torch.inference_mode():  # the mask is made here too: an inference tensor, as the warm-up's (a guard)
+            return self.fn(*self._args(ids, types, positions, write, read, real))
+
+    def _args(self, ids: torch.Tensor, types: torch.Tensor, positions: torch.Tensor, write: torch.Tensor,
+              read: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor | None]:
+        """The step's arguments on the model's device, the key mask made of `real` (one row: no padding anywhere)."""
+        mask = real.bool()[:, None, None, :] if ids.shape[0] > 1 else None
         device = self.model.device
-        args = [t.to(device) for t in (ids, types, positions, write, read)] + [None if mask is None else mask.to(device)]
-        if ids.shape[0] > 1:
-            for t, dims in zip(args, ((0,), (0,), (1,), (0,), (0, 1), (0, 3))):
-                for d in dims:
-                    torch._dynamo.maybe_mark_dynamic(t, d)
-        else:
-            torch._dynamo.maybe_mark_dynamic(args[4], 1)
-        with torch.inference_mode():
-            return self.fn(*args)
+        return [t.to(device) for t in (ids, types, positions, write, read)] + [None if mask is None else mask.to(device)]
 
     def warm_up(self) -> float:
         """Compile both graphs on scratch slots (the pool's padding block: nothing real is read or written) and
         return the seconds it took."""
         start = time.perf_counter()
         pad = self.cache.pad_slot
-        # inference tensors, as the runner's: a guard tells the two kinds apart
-        with torch.inference_mode(), self._compiling():
+        # inference tensors, as the runner's: a guard tells the two kinds apart. Floats specialised: with dynamic
+        # shapes Dynamo would otherwise make every float attribute of the model (each RMSNorm's eps) a graph input,
+        # boxed into a tensor on every call (~0.15 ms of a nano step at batch 1 and 8)
+        with torch.inference_mode(), torch._dynamo.config.patch(specialize_float=True), self._compiling():
             for batch in (2, 1):
                 # fresh tensors laid out as the runner's, of sizes unlike one another (no duck sizing)
                 ids, write = torch.zeros(batch, 1, dtype=torch.long), torch.full((batch, 1), pad, dtype=torch.long)
                 read = torch.full((batch, 7), pad, dtype=torch.long)
-                self(ids, ids.clone(), torch.zeros(3, batch, 1, dtype=torch.long), write, read, torch.ones_like(read))
+                args = self._args(ids, ids.clone(), torch.zeros(3, batch, 1, dtype=torch.long), write, read,
+                                  torch.ones_like(read))
+                # The dynamic sizes: marked only here, where the graphs compile (the marks cost ~50 us a call at
+                # batch 8, and the compiled graphs take any size anyway)
+                dims = ((0,), (0,), (1,), (0,), (0, 1), (0, 3)) if batch > 1 else ((), (), (), (), (1,), ())
+                for t, ds in zip(args, dims):
+                    for d in ds:
+                        torch._dynamo.maybe_mark_dynamic(t, d)
+                self.fn(*args)
         return time.perf_counter() - start
 
     def _compiling(self) -> contextlib.AbstractContextManager:

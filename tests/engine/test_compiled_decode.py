@@ -91,6 +91,31 @@ def test_each_frozen_step_compiles_its_own_code(pair):
         assert len({id(code(decode)), id(code(other)), id(CompiledDecode._step.__code__)}) == 3  # equal, not the same
 
 
+def test_the_step_takes_no_float_inputs(pair):
+    """The warm-up specialises floats: no model attribute (an RMSNorm's eps) is boxed into a tensor on each call.
+    Read from the code Dynamo runs before each graph (where it would call torch._as_tensor_fullprec)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    decode = pair[1].engine.runner.decode
+    entries = _debug_get_cache_entry_list(decode.fn._torchdynamo_orig_callable.__code__)
+    assert len(entries) >= 2  # batch 1 and batch >= 2
+    for entry in entries:
+        assert "_as_tensor_fullprec" not in entry.code.co_names
+
+
+def test_a_call_outside_inference_mode_reuses_the_graphs(pair):
+    """The runner's inference tensors, passed from outside inference mode: the key mask is still made under it
+    (one made outside would fail a guard of the warm-up's graph and compile a third one)."""
+    decode = pair[1].engine.runner.decode
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    pad = decode.cache.pad_slot
+    with torch.inference_mode():
+        ids, write, read = torch.zeros(3, 1, dtype=torch.long), torch.full((3, 1), pad), torch.full((3, 5), pad)
+        args = (ids, ids.clone(), torch.zeros(3, 3, 1, dtype=torch.long), write, read, torch.ones_like(read))
+    assert decode(*args).shape[0] == 3
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames
+
+
 @pytest.mark.slow
 def test_max_autotune_of_two_checkpoints_alike_in_shape(tmp_path):
     """The second checkpoint compiles its own step (no cache hit on the first one's frozen weights)."""
