@@ -1,9 +1,10 @@
 """Decode speed on the bundled nano model (or --model): glmv eager, glmv with the compiled decode step (both
-modes: "default" and "max-autotune"), transformers `generate`, and the floor: a loop of the same matmuls the decode steps do (attention projections,
-dense / shared MLPs, router, LM head, and each step's routed experts as the model picked them: at batch 8 that is
-about nine experts per layer, not two), at batch 1 and 8. Greedy, fixed lengths; the variants alternate within
-each repeat so a busy machine slows all alike; medians are printed with ratios. Greedy ids of the three
-generators are compared (they must be identical).
+modes: "default" and "max-autotune"), transformers `generate`, and the floor: a loop of the same matmuls the decode
+steps do (attention projections, dense / shared MLPs, router, LM head, and each step's routed experts as the model
+picked them: at batch 8 that is about nine experts per layer, not two), at batch 1 and 8. Greedy, fixed lengths;
+the variants alternate within each repeat so a busy machine slows all alike. Medians are printed, and each ratio is
+the median of the repeats' own ratios (a repeat's variants ran back to back, so the machine's drift between repeats
+cancels). The greedy ids of the four generators are compared (they must be identical).
 
     python benchmarks/bench_decode.py [--threads 2] [--new 64] [--repeats 3] [--model PATH]
 """
@@ -124,13 +125,17 @@ def main() -> None:
             floor()
             per_step["matmuls"].append((time.perf_counter() - t) / len(routing))
         ms = {name: 1e3 * statistics.median(v) for name, v in per_step.items()}
-        tf, floor = ms["transformers"], ms["matmuls"]
-        print(f"{batch:5d} {tf:13.2f} {ms['eager']:8.2f} {ms['compiled']:9.2f} {ms['max-autotune']:13.2f} {floor:8.2f}   "
-              f"{tf / ms['compiled']:13.2f}x {ms['compiled'] / floor:9.2f}x   {tf / ms['max-autotune']:17.2f}x "
-              f"{ms['max-autotune'] / floor:9.2f}x  {same}")
+
+        def ratio(a: str, b: str) -> float:  # paired: a/b within each repeat, then the median (drift cancels)
+            return statistics.median(x / y for x, y in zip(per_step[a], per_step[b]))
+
+        print(f"{batch:5d} {ms['transformers']:13.2f} {ms['eager']:8.2f} {ms['compiled']:9.2f} "
+              f"{ms['max-autotune']:13.2f} {ms['matmuls']:8.2f}   {ratio('transformers', 'compiled'):13.2f}x "
+              f"{ratio('compiled', 'matmuls'):9.2f}x   {ratio('transformers', 'max-autotune'):17.2f}x "
+              f"{ratio('max-autotune', 'matmuls'):9.2f}x  {same}")
         print(f"      (the floor's step: {n_mm:.1f} matmuls)")
     print("'vs tf' is transformers ms / glmv ms; 'vs matmuls' is glmv ms / floor ms (1.0 = nothing but the step's "
-          "matmuls, as ATen runs them)")
+          "matmuls, as ATen runs them); each ratio is the median of the repeats' own ratios")
 
 
 if __name__ == "__main__":
