@@ -68,7 +68,8 @@ class CompiledDecode:
                  read: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """ids/types [B, 1], positions [3, B, 1], write [B, 1] and read [B, keys] slots, real [B, keys] (1 where a
         key is a real token) -> next-token logits [B, vocab] fp32."""
-        with torch.inference_mode():  # the mask is made here too: an inference tensor, as the warm-up's (a guard)
+        # _args makes the key mask: under inference mode, as in the warm-up (a guard tells inference tensors apart)
+        with torch.inference_mode():
             return self.fn(*self._args(ids, types, positions, write, read, real))
 
     def _args(self, ids: torch.Tensor, types: torch.Tensor, positions: torch.Tensor, write: torch.Tensor,
