@@ -58,15 +58,12 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     import torch
 
     from glmv.device import default_threads
+    from glmv.errors import InputError
 
     if args.threads is not None and args.threads < 1:
-        from glmv.errors import InputError
-
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     torch.set_num_threads(args.threads or default_threads())
     if args.compile is False and args.compile_mode is not None:
-        from glmv.errors import InputError
-
         raise InputError("--compile-mode compiles the decode step: drop --no-compile or --compile-mode")
     compile = args.compile if args.compile is not None else (args.compile_default or args.compile_mode is not None)
     return {"kv_cache_memory": args.kv_cache_memory, "block_size": args.block_size,

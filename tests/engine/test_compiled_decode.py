@@ -6,6 +6,8 @@ grouped ones; a frozen step's cache key follows the weights."""
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -30,6 +32,11 @@ def pair(request, tmp_path_factory):
     path = make_tiny_model_dir(tmp_path_factory.mktemp(model_type), model_type)
     torch._dynamo.reset()
     return LLM(path, progress=False), LLM(path, progress=False, compile=True, compile_mode=mode)
+
+
+def step_code(decode) -> types.CodeType:
+    """The code object Dynamo keeps a compiled decode step's graphs on."""
+    return decode.fn._torchdynamo_orig_callable.__code__
 
 
 def outputs(llm: LLM, convs: list) -> list[tuple[list[int], list[float]]]:
@@ -80,15 +87,12 @@ def test_each_frozen_step_compiles_its_own_code(pair):
 
     eager, compiled = pair
     decode = compiled.engine.runner.decode
-
-    def code(d: CompiledDecode):
-        return d.fn._torchdynamo_orig_callable.__code__
-
     if decode.mode == "default":
-        assert code(decode) is CompiledDecode._step.__code__
+        assert step_code(decode) is CompiledDecode._step.__code__
     else:
         other = CompiledDecode(eager.model, eager.engine.kv, "max-autotune")
-        assert len({id(code(decode)), id(code(other)), id(CompiledDecode._step.__code__)}) == 3  # equal, not the same
+        # equal, not the same
+        assert len({id(step_code(decode)), id(step_code(other)), id(CompiledDecode._step.__code__)}) == 3
 
 
 def test_the_step_takes_no_float_inputs(pair):
@@ -97,7 +101,7 @@ def test_the_step_takes_no_float_inputs(pair):
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
     decode = pair[1].engine.runner.decode
-    entries = _debug_get_cache_entry_list(decode.fn._torchdynamo_orig_callable.__code__)
+    entries = _debug_get_cache_entry_list(step_code(decode))
     assert len(entries) >= 2  # batch 1 and batch >= 2
     for entry in entries:
         assert "_as_tensor_fullprec" not in entry.code.co_names
