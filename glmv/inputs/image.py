@@ -2,7 +2,7 @@
 
 Bit-identical to transformers' ``Glm4vImageProcessorPil`` (the PIL backend that follows the original processor),
 without torchvision. Everything here is a pure function of picklable arguments, so it runs in worker
-threads/processes; a large image's channels are processed on up to three threads (docs/performance.md).
+threads/processes; a large image is processed in bands of rows, one per thread (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from glmv.errors import ConfigError, InputError
+from glmv.inputs import resample
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -150,20 +151,6 @@ def patch_blocks(rows: np.ndarray, height: int, width: int, cfg: VisionConfig) -
     return rows.reshape(gt, height // p // m, width // p // m, m, m, rows.shape[1] // (t * p * p), t, p, p)
 
 
-def write_plane(plane: np.ndarray, lut: np.ndarray, dst: np.ndarray, cfg: VisionConfig) -> None:
-    """Normalise one channel, (H, W) uint8, into ``dst``, its (..., H/f, W/f, m, m, S, p, p) slots of the rows;
-    each of the S time slots gets the same values.
-
-    The 1-byte codes are permuted into patch order first and only then looked up in the (256,) table ``lut``, so
-    the lookup reads and writes contiguously and the one float copy moves whole p·p patches.
-    """
-    p, m = cfg.patch_size, cfg.merge_size
-    height, width = plane.shape
-    codes = plane.reshape(height // (p * m), m, p, width // (p * m), m, p).transpose(0, 3, 1, 4, 2, 5)
-    values = np.take(lut, np.ascontiguousarray(codes))
-    dst[...] = values[..., None, :, :]
-
-
 def patchify(frames: np.ndarray, cfg: VisionConfig) -> np.ndarray:
     """(T, H, W, C) uint8 frames, T a multiple of the temporal patch → (T/t·H/p·W/p, C·t·p·p) float32 rows.
 
@@ -171,19 +158,20 @@ def patchify(frames: np.ndarray, cfg: VisionConfig) -> np.ndarray:
     (C, t, p, p). A still image (a broadcast, zero-stride time axis) is normalised once and written to every
     time slot.
     """
+    from glmv.inputs import _image_kernels as kernels
+
     t_patch, p = cfg.temporal_patch_size, cfg.patch_size
     T, H, W, C = frames.shape
     rows = np.empty((T // t_patch * (H // p) * (W // p), C * t_patch * p * p), dtype=np.float32)
     blocks = patch_blocks(rows, H, W, cfg)
     lut = normalize_lut(cfg)
     if frames.strides[0] == 0:  # a still image
-        for c in range(C):
-            write_plane(frames[0, ..., c], lut[c], blocks[..., c, :, :, :], cfg)
+        for group in range(T // t_patch):
+            kernels.patches(np.ascontiguousarray(frames[0]), lut, blocks[group], 0, t_patch)
         return rows
     for i in range(T):
         group, slot = divmod(i, t_patch)
-        for c in range(C):
-            write_plane(frames[i, ..., c], lut[c], blocks[group, ..., c, slot:slot + 1, :, :], cfg)
+        kernels.patches(np.ascontiguousarray(frames[i]), lut, blocks[group], slot, slot + 1)
     return rows
 
 
@@ -202,7 +190,7 @@ class ImageFeatures:
         return t * h * w // 4
 
 
-# Below this many output pixels one thread does an image: handing channels to others costs more than it saves.
+# Below this many output pixels one thread does an image: handing bands to others costs more than it saves.
 PARALLEL_MIN_PIXELS = 1 << 18
 
 
@@ -210,40 +198,33 @@ def process_image(image: Image.Image, cfg: VisionConfig = VisionConfig(), thread
                   ) -> ImageFeatures:
     """An RGB PIL image → patch rows; the still image is repeated along time to fill one temporal patch.
 
-    Up to ``threads`` threads (default: torch's thread count, i.e. the server's --threads; at most 3) work on one
-    image, one channel each: PIL's resize and numpy's lookup release the GIL.
+    The output is cut into bands of whole merged-patch rows, one per thread (``threads``, default torch's thread
+    count, i.e. the server's --threads); each thread resizes its band (``glmv.inputs.resample``: PIL's arithmetic
+    in numba, the GIL released) and looks it up into its rows. Where that module cannot match PIL's bytes (another
+    filter), PIL resizes the whole image first and only the lookup is split.
     """
+    from glmv.inputs import _image_kernels as kernels
+
     if image.mode != "RGB":
         image = image.convert("RGB")
     h, w = target_size(image.height, image.width, cfg)
-    p, t = cfg.patch_size, cfg.temporal_patch_size
+    p, t, f = cfg.patch_size, cfg.temporal_patch_size, cfg.factor
     rows = np.empty(((h // p) * (w // p), 3 * t * p * p), dtype=np.float32)
     blocks = patch_blocks(rows, h, w, cfg)[0]
     lut = normalize_lut(cfg)
     threads = torch.get_num_threads() if threads is None else threads
-    if threads < 2 or h * w < PARALLEL_MIN_PIXELS:
-        threads, channel = 1, _resized_rgb(image, (w, h), cfg.resample)
-    else:
-        channel = _resized_planes(image, (w, h), cfg.resample)
-    _spread(lambda c: write_plane(channel(c), lut[c], blocks[..., c, :, :, :], cfg), 3, threads)
+    bands = min(threads, h // f) if h * w >= PARALLEL_MIN_PIXELS else 1
+    edges = [h // f * i // bands * f for i in range(bands + 1)]
+    plan = resample.plan(image.size, (w, h), cfg.resample)
+    src = np.asarray(image) if plan else np.asarray(image.resize((w, h), resample=cfg.resample))
+
+    def band(i: int) -> None:
+        y0, y1 = edges[i], edges[i + 1]
+        pixels = plan.rows(src, y0, y1) if plan else src[y0:y1]
+        kernels.patches(pixels, lut, blocks[y0 // f:y1 // f], 0, t)
+
+    _spread(band, bands, threads)
     return ImageFeatures(torch.from_numpy(rows), (1, h // p, w // p), (image.width, image.height))
-
-
-def _resized_rgb(image: Image.Image, size: tuple[int, int], resample: int) -> Callable[[int], np.ndarray]:
-    """Channel c of one RGB resize: 15-25% less work than three one-channel resizes (PIL's RGB kernel does the
-    three bands in one loop over the filter taps)."""
-    pixels = np.asarray(image.resize(size, resample=resample))
-    return lambda c: pixels[..., c]
-
-
-def _resized_planes(image: Image.Image, size: tuple[int, int], resample: int) -> Callable[[int], np.ndarray]:
-    """Channel c resized as an image of its own, by the thread that asks for it, so channels resize in parallel.
-    PIL's one-band and RGB kernels do the same integer arithmetic per band and pick the pass order from the sizes
-    alone, so the bytes are those of the RGB resize. (Bands of the image, resized apart, could not promise that:
-    which pass comes first differs between Pillow releases; 13.0 takes 98x97 -> 112x84, width x height, vertically
-    first, 12.1 horizontally.)"""
-    planes = image.split()
-    return lambda c: np.asarray(planes[c].resize(size, resample=resample))
 
 
 @functools.lru_cache(maxsize=1)

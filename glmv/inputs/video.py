@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from glmv.errors import ConfigError
+from glmv.inputs import resample
 from glmv.inputs.image import VisionConfig, patchify, target_size
 from glmv.inputs.media import VideoInfo
 
@@ -122,7 +122,7 @@ def resize_frame(frame: np.ndarray, num_frames: int, cfg: VisionConfig) -> np.nd
     h, w = target_size(frame.shape[0], frame.shape[1], cfg, num_frames)
     if (h, w) == frame.shape[:2]:
         return frame
-    return np.asarray(Image.fromarray(frame).resize((w, h), resample=cfg.resample))
+    return resample.resize(frame, (w, h), cfg.resample)
 
 
 def resize_frames(frames: np.ndarray, cfg: VisionConfig) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""The fast image path (channel-parallel resize, table lookup straight into the patch layout) gives pixel_values
-bit-identical to transformers' PIL processor (Glm4vImageProcessorPil) at real checkpoint budgets: 1080p, 4K, odd
-sizes, every grow/shrink combination of the two axes, RGBA, grey, palette and tiny images, on 1 and 3 threads."""
+"""The fast image path (bands of rows resized with PIL's arithmetic in numba, table lookup straight into the patch
+layout) gives pixel_values bit-identical to transformers' PIL processor (Glm4vImageProcessorPil) at real
+checkpoint budgets: 1080p, 4K, odd sizes, every grow/shrink combination of the two axes, RGBA, grey, palette and
+tiny images, on 1 and 3 threads."""
 
 from __future__ import annotations
 
@@ -71,8 +72,9 @@ def test_other_modes_bit_identical_to_transformers(mode, threads, reference):
 
 @pytest.mark.parametrize("resample", list(Image.Resampling), ids=lambda f: f.name)
 @pytest.mark.parametrize("size", [(1080, 1920), (97 * 7, 98 * 7), (1500, 700)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_channel_parallel_resize_equals_rgb_resize_for_every_filter(size, resample):
-    """The parallel path resizes each channel as its own image; PIL must give the RGB resize's bytes."""
+def test_bands_equal_one_thread_for_every_filter(size, resample):
+    """Each thread resizes and looks up its own band of rows (PIL resizes first, for the filters glmv leaves to
+    it); the rows must be those of one thread's whole image."""
     cfg = VisionConfig(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, resample=int(resample))
     h, w = target_size(*size, cfg)
     assert h * w >= PARALLEL_MIN_PIXELS  # the parallel path runs
@@ -83,7 +85,7 @@ def test_channel_parallel_resize_equals_rgb_resize_for_every_filter(size, resamp
 
 
 def test_default_threads_are_torchs(monkeypatch, reference):
-    """Without ``threads``, an image gets torch's thread count (the server's --threads), at most one per channel."""
+    """Without ``threads``, an image gets torch's thread count (the server's --threads)."""
     import torch
 
     import glmv.inputs.image as image_module
@@ -101,7 +103,7 @@ def test_default_threads_are_torchs(monkeypatch, reference):
     for n in (1, 2, 16):
         monkeypatch.setattr(torch, "get_num_threads", lambda n=n: n)
         assert_bit_identical(process_image(image, CFG).pixel_values.numpy(), expected)
-    assert used == [1, 2, 16]  # asked for; _spread runs at most one thread per channel
+    assert used == [1, 2, 16]  # asked for; _spread runs at most one thread per band
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
