@@ -36,6 +36,7 @@ from glmv.engine.outputs import RequestOutput
 from glmv.engine.sampling import SamplingParams
 from glmv.engine.sequence import Sequence
 from glmv.errors import GlmvError, InputError
+from glmv.inputs.image import warm_up as warm_up_images
 from glmv.inputs.tokenizer import Tokenizer
 from glmv.lora.serving import lora_scope
 
@@ -142,6 +143,7 @@ class AsyncEngine:
         self.max_batch = max_batch
         self.deliver = deliver or _to_event_loops
         self.pool = ThreadPoolExecutor(media_workers, thread_name_prefix="glmv-media")
+        self.pool.submit(warm_up_images, llm.processor.image_config)  # kernels ready before the first image
         # embeddings and scores run here, one at a time, beside the engine thread
         self.pooling = ThreadPoolExecutor(1, thread_name_prefix="glmv-pool")
         self.pooling_waiting = 0
