@@ -11,8 +11,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_HALF = np.int32(1 << 21)  # 0.5 in the 22-bit fixed point: round to nearest
-_SHIFT = 22
+from glmv.inputs.resample import PRECISION_BITS as _SHIFT
+
+_HALF = np.int32(1 << (_SHIFT - 1))  # 0.5 in the fixed point: round to nearest
 _u = np.uint64
 
 

@@ -166,8 +166,9 @@ def patchify(frames: np.ndarray, cfg: VisionConfig) -> np.ndarray:
     blocks = patch_blocks(rows, H, W, cfg)
     lut = normalize_lut(cfg)
     if frames.strides[0] == 0:  # a still image
+        still = np.ascontiguousarray(frames[0])
         for group in range(T // t_patch):
-            kernels.patches(np.ascontiguousarray(frames[0]), lut, blocks[group], 0, t_patch)
+            kernels.patches(still, lut, blocks[group], 0, t_patch)
         return rows
     for i in range(T):
         group, slot = divmod(i, t_patch)
