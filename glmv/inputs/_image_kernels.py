@@ -1,6 +1,6 @@
 """The image processor's loops, compiled by numba: the two 1-D passes of PIL's 8-bit resize and the lookup of
 uint8 pixels into the patch rows. Imported only when an image is processed (numba takes ~0.4 s to import); the
-compiled code is cached on disk, next to this file.
+compiled code is cached on disk, next to this file or in the user's cache directory.
 
 Resize sums are int32, as in Resample.c: every product and partial sum is truncated to int32 so LLVM keeps 32-bit
 lanes (numba would otherwise widen to int64, which AVX2 cannot multiply). Indices are unsigned, so numba adds no
@@ -17,7 +17,16 @@ _HALF = np.int32(1 << (_SHIFT - 1))  # 0.5 in the fixed point: round to nearest
 _u = np.uint64
 
 
-@numba.njit(nogil=True, cache=True)
+def _compiled(fn):
+    """``fn`` compiled without the GIL, its machine code cached on disk where numba can write. A read-only install
+    with no writable cache directory compiles in each process instead (numba would refuse to decorate)."""
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(fn)
+
+
+@_compiled
 def across(src, dst, row0, start, taps):  # pragma: no cover (compiled)
     """Horizontal pass of RGB: ``dst[y, x] = clip(sum_t taps[x, t] * src[row0 + y, start[x] + t])`` per channel.
 
@@ -43,7 +52,7 @@ def across(src, dst, row0, start, taps):  # pragma: no cover (compiled)
             out[at + _u(2)] = min(max(b >> _SHIFT, 0), 255)
 
 
-@numba.njit(nogil=True, cache=True)
+@_compiled
 def down(src, dst, row0, start, taps):  # pragma: no cover (compiled)
     """Vertical pass: ``dst[y] = clip(sum_t taps[y, t] * src[start[y] - row0 + t])``, whole rows at a time (the
     inner loops run along a row, so they vectorise). src (H, W, C) uint8 holds input rows from ``row0`` on."""
@@ -63,7 +72,7 @@ def down(src, dst, row0, start, taps):  # pragma: no cover (compiled)
             out[i] = min(max(acc[i] >> _SHIFT, 0), 255)
 
 
-@numba.njit(nogil=True, cache=True)
+@_compiled
 def patches(pixels, lut, out, first_slot, end_slot):  # pragma: no cover (compiled)
     """Normalise ``pixels`` (rows, W, C) uint8, whole merged-patch rows, into the time slots
     ``first_slot:end_slot`` of ``out`` (rows/(p·m), W/(p·m), m, m, C, T, p, p) float32, C-contiguous.

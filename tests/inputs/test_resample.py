@@ -4,6 +4,11 @@ filter, growing and shrinking each axis, both of PIL's pass orders, any band of 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
 
 import numpy as np
 import PIL
@@ -98,3 +103,25 @@ def test_a_pillow_that_resizes_differently_leaves_the_work_to_pil(monkeypatch, c
     finally:
         resample._matches_pil.cache_clear()
         resample.plan.cache_clear()
+
+
+def test_a_read_only_install_compiles_without_a_disk_cache():
+    """Where numba finds no writable cache directory, it refuses ``cache=True``; the kernels then compile in the
+    process, and the rows are the same."""
+    script = textwrap.dedent("""
+        from numba.core import caching
+        caching.CacheImpl._locator_classes = []  # as a read-only install with no writable home
+        import numpy as np
+        from PIL import Image
+        from glmv.inputs.image import VisionConfig, process_image
+        image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+        rows = process_image(image, VisionConfig(), threads=2).pixel_values.numpy()
+        np.save(__import__("sys").argv[1], rows)
+    """)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rows.npy")
+        subprocess.run([sys.executable, "-c", script, out], check=True, timeout=300)
+        rows = np.load(out)
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    expected = process_image(image, VisionConfig(), threads=2).pixel_values.numpy()
+    assert np.array_equal(rows.view(np.uint32), expected.view(np.uint32))
