@@ -377,16 +377,19 @@ class _Core:
         engine.pool.submit(self._prepare, rid, prepare)
 
     def _prepare(self, rid: int, prepare) -> None:
+        failure = None
         try:
             request = self.engine.prepared(prepare)
         except Exception as e:
+            failure = _portable(e)
+        finally:  # before the client can hear of a failure: its next request must find the queue slot free
+            self.engine.release()
+        if failure is not None:
             with self.registry:
                 self.preparing.discard(rid)
                 self.cancelled.discard(rid)
-            self._send(("error", rid, _portable(e)))
+            self._send(("error", rid, failure))
             return
-        finally:
-            self.engine.release()
         handle = self.engine.enqueue(request, None, rid)  # its deltas may be on their way from now on (_deliver)
         with self.registry:
             self.preparing.discard(rid)

@@ -148,3 +148,24 @@ def test_a_dead_engine_process_fails_what_waits_on_it(model_dir):
         assert not engine.alive
     finally:
         engine.shutdown()
+
+
+def test_a_failed_preparation_frees_its_queue_slot_before_the_client_hears(llm):
+    """A client told that its request failed may send the next one at once: by then the failed one must no longer
+    hold a place in the queue (a one-place queue answered that next request 503 on a loaded machine)."""
+    from glmv.engine.engine_process import _Core
+
+    core = _Core(None, llm, {"max_queue": 1})
+    try:
+        sent = []
+        core._send = lambda message: sent.append((message[0], core.engine.queue_depth))
+        core.engine.reserve(SamplingParams())
+        core.preparing.add(7)
+
+        def prepare():
+            raise InputError("the image could not be fetched: timed out")
+
+        core._prepare(7, prepare)
+        assert sent == [("error", 0)]
+    finally:
+        core.engine.shutdown()
