@@ -100,9 +100,8 @@ def horizontal_first(in_w: int, in_h: int, out_w: int, out_h: int) -> bool:
 
 @dataclass(frozen=True)
 class Plan:
-    """How PIL resizes (in_w, in_h) to (out_w, out_h) with one filter; ``rows`` makes any band of the output."""
+    """How PIL resizes an image to ``out_size`` (width, height) with one filter; ``rows`` makes any band of it."""
 
-    in_size: tuple[int, int]
     out_size: tuple[int, int]
     across: Axis | None  # the horizontal pass; None where the width is kept (PIL skips the pass)
     down: Axis | None  # the vertical pass
@@ -149,8 +148,13 @@ def plan(in_size: tuple[int, int], out_size: tuple[int, int], resample: int) -> 
     PIL must do it: another filter, no resampling at all, or a Pillow whose bytes ours do not equal."""
     if resample not in FILTERS or in_size == out_size or not _matches_pil(int(resample)):
         return None
+    return _plan(in_size, out_size, resample)
+
+
+def _plan(in_size: tuple[int, int], out_size: tuple[int, int], resample: int) -> Plan:
+    """``plan`` without the check against PIL (which itself uses this)."""
     (in_w, in_h), (out_w, out_h) = in_size, out_size
-    return Plan(in_size, out_size,
+    return Plan(out_size,
                 axis(in_w, out_w, resample) if in_w != out_w else None,
                 axis(in_h, out_h, resample) if in_h != out_h else None,
                 horizontal_first(in_w, in_h, out_w, out_h))
@@ -176,8 +180,7 @@ def _matches_pil(resample: int) -> bool:
     for (in_w, in_h), (out_w, out_h) in _PROBES:
         src = rng.integers(0, 256, (in_h, in_w, 3), dtype=np.uint8)
         expected = np.asarray(Image.fromarray(src).resize((out_w, out_h), resample=resample))
-        ours = Plan((in_w, in_h), (out_w, out_h), axis(in_w, out_w, resample), axis(in_h, out_h, resample),
-                    horizontal_first(in_w, in_h, out_w, out_h)).rows(src, 0, out_h)
+        ours = _plan((in_w, in_h), (out_w, out_h), resample).rows(src, 0, out_h)
         if not np.array_equal(ours, expected):
             log.warning("Pillow %s resizes differently from glmv's copy of its arithmetic: images are resized by "
                         "PIL alone (slower; same bytes)", PIL.__version__)
